@@ -1,0 +1,61 @@
+"""Ferry's HTTP API: `create_app()` builds it; each subsystem has its own `init_app`."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from app import docs, errors
+from app.resources import health, models, predictions
+from app.services import Services
+from models.cache import PredictionCache
+from models.registry import Registry
+from tasks.records import PredictionStore
+from tasks.senders import CelerySender, TaskSender
+from tasks.settings import Settings
+
+
+def create_app(test_config: dict | None = None, *, redis_client=None, sender: TaskSender | None = None) -> Flask:
+    """Build the API. `test_config` overrides settings (lower-case names) and Flask config
+    (upper-case names); `redis_client` and `sender` replace the real Redis and Celery."""
+    test_config = dict(test_config or {})
+    flask_config = {key: test_config.pop(key) for key in list(test_config) if key.isupper()}
+    settings = Settings.from_env(**test_config)
+
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        API_TITLE="Ferry",
+        API_VERSION="1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL=docs.STATIC_URL,
+        **flask_config,
+    )
+    logging.basicConfig(level=settings.log_level.upper())
+
+    if redis_client is None:
+        from tasks.context import redis_client as connect
+
+        redis_client = connect(settings)
+    if sender is None:
+        from tasks.celery_app import create_celery
+
+        sender = CelerySender(create_celery(settings))
+    app.extensions["ferry"] = Services(
+        settings=settings,
+        redis=redis_client,
+        registry=Registry.from_file(settings.model_repository),
+        store=PredictionStore(redis_client, settings.key_prefix, settings.prediction_ttl_s),
+        cache=PredictionCache(redis_client, settings.key_prefix),
+        sender=sender,
+    )
+
+    api = errors.FerryApi(app)
+    for blueprint in (models.blp, predictions.blp, health.blp):
+        api.register_blueprint(blueprint)
+    errors.init_app(app, settings.retry_after_s)
+    docs.init_app(app)
+    return app

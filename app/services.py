@@ -1,0 +1,26 @@
+"""The API's collaborators, built once per app and reached through `services()`."""
+from __future__ import annotations
+
+import dataclasses
+
+from flask import current_app
+
+from models.cache import PredictionCache
+from models.registry import Registry
+from tasks.records import PredictionStore
+from tasks.senders import TaskSender
+from tasks.settings import Settings
+
+
+@dataclasses.dataclass
+class Services:
+    settings: Settings
+    redis: object
+    registry: Registry
+    store: PredictionStore
+    cache: PredictionCache
+    sender: TaskSender
+
+
+def services() -> Services:
+    return current_app.extensions["ferry"]

@@ -1,0 +1,32 @@
+"""The prediction cache: `{prefix}cache:{model}:{version}:{sha256 of canonical input}`."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+
+def canonical_json(value) -> str:
+    """One spelling per value: sorted keys, no spaces, no NaN."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def input_digest(value) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+class PredictionCache:
+    def __init__(self, redis, prefix: str = "ferry:"):
+        self.redis = redis
+        self.prefix = prefix
+
+    def key(self, model: str, version: str, validated_input: dict) -> str:
+        return f"{self.prefix}cache:{model}:{version}:{input_digest(validated_input)}"
+
+    def get(self, key: str) -> dict | None:
+        raw = self.redis.get(key)
+        return None if raw is None else json.loads(raw)
+
+    def set(self, key: str, output: dict, ttl_s: int, *, pipe=None) -> None:
+        if ttl_s <= 0:
+            return
+        (pipe or self.redis).set(key, json.dumps(output, separators=(",", ":")), ex=ttl_s)

@@ -1,0 +1,149 @@
+"""The model repository file: one YAML file that declares every model Ferry serves.
+
+The declaration is validated when it is read, so a typo fails at start-up with the
+field that is wrong, not at the first request.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import yaml
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+FIELD_TYPES = ("string", "integer", "number", "boolean", "array", "image")
+ITEM_TYPES = ("string", "integer", "number")
+MODEL_KINDS = ("torch",)
+# Inputs are bounded even when the declaration forgets to bound them.
+DEFAULT_MAX_LENGTH = 10_000
+DEFAULT_MAX_IMAGE_LENGTH = 1_500_000
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: str
+    required: bool = False
+    default: object = None
+    min: float | None = None
+    max: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    items: str | None = None
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str
+    version: str
+    entrypoint: str
+    inputs: tuple[FieldSpec, ...]
+    one_of: tuple[tuple[str, ...], ...] = ()
+    description: str = ""
+    queue: str = "realtime-cpu"
+    cache_ttl_s: int = 7 * 24 * 3600
+    timeout_s: float = 60.0
+    max_batch_size: int = 1
+    max_wait_ms: int = 0
+    artifacts: str | None = None
+
+    def metadata(self, root: Path) -> dict:
+        """Metrics and training arguments shipped beside the model's weights, if any."""
+        found: dict = {}
+        if self.artifacts:
+            for key, filename in (("metrics", "metrics.json"), ("training_args", "train_args.json")):
+                path = root / self.artifacts / filename
+                if path.is_file():
+                    found[key] = json.loads(path.read_text())
+        return found
+
+
+class _FieldDecl(Schema):
+    type = fields.String(required=True, validate=validate.OneOf(FIELD_TYPES))
+    required = fields.Boolean(load_default=False)
+    default = fields.Raw(load_default=None, allow_none=True)
+    min = fields.Float(load_default=None)
+    max = fields.Float(load_default=None)
+    min_length = fields.Integer(load_default=None, validate=validate.Range(min=0))
+    max_length = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    # `length` is shorthand for min_length == max_length.
+    length = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    items = fields.String(load_default=None, validate=validate.OneOf(ITEM_TYPES))
+    description = fields.String(load_default="")
+
+    @validates_schema
+    def _check(self, data, **kwargs):
+        if data["type"] == "array" and not data.get("items"):
+            raise ValidationError("An array field needs `items` (one of %s)." % ", ".join(ITEM_TYPES), "items")
+        if data["required"] and data.get("default") is not None:
+            raise ValidationError("A required field cannot have a default.", "default")
+
+
+class _BatchingDecl(Schema):
+    max_batch_size = fields.Integer(load_default=1, validate=validate.Range(min=1, max=4096))
+    max_wait_ms = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000))
+
+
+class _ModelDecl(Schema):
+    name = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9][a-z0-9_-]{0,63}$"))
+    kind = fields.String(required=True, validate=validate.OneOf(MODEL_KINDS))
+    version = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9._-]{1,32}$"))
+    entrypoint = fields.String(required=True, validate=validate.Regexp(r"^[\w.]+:\w+$"))
+    description = fields.String(load_default="")
+    queue = fields.String(load_default="realtime-cpu")
+    cache_ttl_s = fields.Integer(load_default=7 * 24 * 3600, validate=validate.Range(min=0))
+    timeout_s = fields.Float(load_default=60.0, validate=validate.Range(min=0.1))
+    batching = fields.Nested(_BatchingDecl, load_default=lambda: {"max_batch_size": 1, "max_wait_ms": 0})
+    artifacts = fields.String(load_default=None)
+    inputs = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[a-z_][a-z0-9_]*$")),
+                         values=fields.Nested(_FieldDecl), required=True,
+                         validate=validate.Length(min=1))
+    one_of = fields.List(fields.List(fields.String(), validate=validate.Length(min=2)), load_default=list)
+
+    @validates_schema
+    def _check(self, data, **kwargs):
+        for group in data.get("one_of", []):
+            unknown = [name for name in group if name not in data["inputs"]]
+            if unknown:
+                raise ValidationError(f"one_of names undeclared inputs: {unknown}", "one_of")
+
+
+class _RepositoryDecl(Schema):
+    models = fields.List(fields.Nested(_ModelDecl), required=True)
+
+
+def _field_spec(name: str, decl: dict) -> FieldSpec:
+    length = decl.pop("length")
+    if length is not None:
+        decl["min_length"] = decl["max_length"] = length
+    if decl["max_length"] is None and decl["type"] in ("string", "array", "image"):
+        decl["max_length"] = DEFAULT_MAX_IMAGE_LENGTH if decl["type"] == "image" else DEFAULT_MAX_LENGTH
+    return FieldSpec(name=name, **decl)
+
+
+def parse_repository(document: dict, source: str = "model repository") -> list[ModelSpec]:
+    try:
+        loaded = _RepositoryDecl().load(document)
+    except ValidationError as exc:
+        raise ValueError(f"{source} is invalid: {exc.messages}") from None
+    specs = []
+    for decl in loaded["models"]:
+        batching = decl.pop("batching")
+        inputs = tuple(_field_spec(name, dict(field)) for name, field in decl.pop("inputs").items())
+        one_of = tuple(tuple(group) for group in decl.pop("one_of"))
+        specs.append(ModelSpec(inputs=inputs, one_of=one_of, **batching, **decl))
+    names = [spec.name for spec in specs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"{source} declares these models twice: {duplicates}")
+    return specs
+
+
+def load_repository(path: str | Path) -> list[ModelSpec]:
+    path = Path(path)
+    with path.open() as handle:
+        document = yaml.safe_load(handle)
+    return parse_repository(document or {}, source=str(path))

@@ -1,0 +1,112 @@
+"""Input validation built from a model's declaration: a marshmallow schema and a JSON Schema."""
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from models.declaration import FieldSpec, ModelSpec
+from models.images import ImageError, open_image
+
+
+def _image_validator(value: str) -> None:
+    try:
+        open_image(value)
+    except ImageError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def _range(spec: FieldSpec) -> list:
+    if spec.min is None and spec.max is None:
+        return []
+    return [validate.Range(min=spec.min, max=spec.max)]
+
+
+def _scalar(kind: str, validators: list) -> fields.Field:
+    if kind == "string":
+        return fields.String(validate=validators)
+    if kind == "integer":
+        return fields.Integer(strict=True, validate=validators)
+    return fields.Float(allow_nan=False, validate=validators)
+
+
+def _length(spec: FieldSpec) -> list:
+    return [validate.Length(min=spec.min_length, max=spec.max_length)]
+
+
+def build_field(spec: FieldSpec) -> fields.Field:
+    if spec.type == "boolean":
+        field = fields.Boolean()
+    elif spec.type == "image":
+        field = fields.String(validate=_length(spec) + [_image_validator])
+    elif spec.type == "array":
+        item_validators = _range(spec) if spec.items != "string" else []
+        field = fields.List(_scalar(spec.items, item_validators), validate=_length(spec))
+    elif spec.type == "string":
+        field = _scalar("string", _length(spec))
+    else:
+        field = _scalar(spec.type, _range(spec))
+    field.required = spec.required
+    if spec.default is not None:
+        field.load_default = spec.default
+    return field
+
+
+def build_input_schema(spec: ModelSpec) -> Schema:
+    """A schema instance that loads `input` into the canonical, defaults-applied form."""
+    attrs: dict = {name: build_field(field) for name, field in ((f.name, f) for f in spec.inputs)}
+    one_of = spec.one_of
+
+    @validates_schema
+    def _exactly_one(self, data, **kwargs):
+        for group in one_of:
+            given = [name for name in group if data.get(name) is not None]
+            if len(given) != 1:
+                message = f"Give exactly one of: {', '.join(group)}."
+                raise ValidationError({name: [message] for name in group})
+
+    attrs["_exactly_one"] = _exactly_one
+    attrs["Meta"] = type("Meta", (), {"unknown": RAISE})
+    schema_class = type(f"{spec.name.title().replace('-', '').replace('_', '')}InputSchema", (Schema,), attrs)
+    return schema_class()
+
+
+_JSON_TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean", "image": "string"}
+
+
+def input_json_schema(spec: ModelSpec) -> dict:
+    """The declaration as JSON Schema, for clients and generated forms."""
+    properties = {}
+    for field in spec.inputs:
+        if field.type == "array":
+            prop: dict = {"type": "array", "items": {"type": field.items}}
+            _bounds(prop["items"], field)
+            prop.update(_none_dropped(minItems=field.min_length, maxItems=field.max_length))
+        else:
+            prop = {"type": _JSON_TYPES[field.type]}
+            if field.type == "image":
+                prop.update(contentEncoding="base64", contentMediaType="image/png")
+            if field.type in ("string", "image"):
+                prop.update(_none_dropped(minLength=field.min_length, maxLength=field.max_length))
+            _bounds(prop, field)
+        if field.default is not None:
+            prop["default"] = field.default
+        if field.description:
+            prop["description"] = field.description
+        properties[field.name] = prop
+    schema = {
+        "type": "object",
+        "properties": properties,
+        "required": [field.name for field in spec.inputs if field.required],
+        "additionalProperties": False,
+    }
+    if spec.one_of:
+        schema["oneOf"] = [{"required": [name]} for group in spec.one_of for name in group]
+    return schema
+
+
+def _bounds(target: dict, field: FieldSpec) -> None:
+    if field.type in ("integer", "number") or field.items in ("integer", "number"):
+        target.update(_none_dropped(minimum=field.min, maximum=field.max))
+
+
+def _none_dropped(**values) -> dict:
+    return {key: value for key, value in values.items() if value is not None}

@@ -1,0 +1,40 @@
+"""The one Celery app, configured in one place."""
+from __future__ import annotations
+
+from celery import Celery
+
+from tasks.settings import Settings
+
+PREDICT_TASK = "ferry.predict"
+
+
+def create_celery(settings: Settings) -> Celery:
+    celery = Celery("ferry", broker=settings.redis_url or None, set_as_current=True)
+    celery.conf.update(
+        # JSON only, in and out: a pickled message is refused, never executed.
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Prediction records live under ferry:prediction:*, so Celery keeps no results.
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        # At-least-once: acknowledge after the work is done, redeliver if a worker dies,
+        # and let each process reserve one message so that a dying process strands few.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # Redelivery of an unacknowledged message waits this long; it must exceed the
+        # longest task (model timeouts are far below an hour).
+        broker_transport_options={"visibility_timeout": 3600, "socket_timeout": settings.redis_timeout_s,
+                                  "socket_connect_timeout": settings.redis_timeout_s},
+        broker_connection_retry_on_startup=True,
+        task_default_queue="realtime-cpu",
+        task_create_missing_queues=True,
+        # Flower watches task events.
+        worker_send_task_events=True,
+        worker_hijack_root_logger=False,
+        timezone="UTC",
+    )
+    return celery

@@ -1,0 +1,60 @@
+"""Ferry's configuration, read in one place: defaults, then `FERRY_*` environment variables."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "FERRY_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # Empty means: the dev command starts an embedded redis-server and fills this in.
+    redis_url: str = ""
+    key_prefix: str = "ferry:"
+    model_repository: str = str(ROOT / "models" / "repository.yaml")
+    data_dir: str = str(ROOT / "var")
+    # Bound on any request body; images are the largest legitimate input.
+    max_content_length: int = 2 * 1024 * 1024
+    # How long prediction records stay readable after they were submitted.
+    prediction_ttl_s: int = 24 * 3600
+    # Upper bound on `Prefer: wait=N`; a held request ties up an API thread.
+    max_wait_s: float = 30.0
+    redis_timeout_s: float = 2.0
+    retry_after_s: int = 5
+    # Workers heartbeat at this interval; readiness trusts a beat twice as old.
+    heartbeat_s: float = 5.0
+    device: str = "cpu"
+    worker_concurrency: int = 2
+    # Comma-separated queues that `ferry worker` consumes.
+    worker_queues: str = "realtime-cpu"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_workers: int = 2
+    api_threads: int = 8
+    flower_port: int = 5555
+    flower_user: str = "ferry"
+    flower_password: str = ""
+    embedded_redis_port: int = 6390
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = _coerce(field, raw)
+        values.update(overrides)
+        return cls(**values)
+
+
+def _coerce(field: dataclasses.Field, raw: str):
+    kind = type(field.default)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not a valid {kind.__name__}") from None

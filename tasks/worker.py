@@ -1,0 +1,9 @@
+"""Celery's entry point: `celery -A tasks.worker worker|beat|flower`."""
+from tasks.celery_app import create_celery
+from tasks.settings import Settings
+
+settings = Settings.from_env()
+celery = create_celery(settings)
+
+import tasks.heartbeat  # noqa: E402,F401  (signal handlers)
+import tasks.predict  # noqa: E402,F401  (registers the tasks)

@@ -1,0 +1,38 @@
+"""Shared fixtures: an app on fakeredis with a recording task sender (Flask's tutorial shape)."""
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from app import create_app
+from tasks.senders import RecordingSender
+
+
+@pytest.fixture
+def redis_server():
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def fake_redis(redis_server):
+    return fakeredis.FakeRedis(server=redis_server, decode_responses=True)
+
+
+@pytest.fixture
+def sender():
+    return RecordingSender()
+
+
+@pytest.fixture
+def app(fake_redis, sender):
+    return create_app({"TESTING": True, "redis_url": "redis://unused:1/0"}, redis_client=fake_redis, sender=sender)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()

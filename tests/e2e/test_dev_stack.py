@@ -1,0 +1,102 @@
+"""End to end over HTTP, against the processes that `make dev` (`ferry dev`) starts:
+embedded redis-server, gunicorn API, Celery worker, beat and Flower under honcho."""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from tests.processes import BIN, ROOT, ferry_env, free_port, stop_group, wait_for
+from tests.support import digit_png_base64
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("ferry-data")
+    api_port, flower_port = free_port(), free_port()
+    env = ferry_env(api_port=api_port, flower_port=flower_port, embedded_redis_port=free_port(),
+                    data_dir=data_dir, flower_password="e2e-secret", worker_concurrency=1, api_workers=1)
+    log_path = data_dir / "dev.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([str(BIN / "ferry"), "dev"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{api_port}"
+    try:
+        wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).status_code == 200, 120,
+                 "ferry dev", proc)
+        yield {"api": base, "flower": f"http://127.0.0.1:{flower_port}", "log": log_path}
+    except Exception:
+        print(log_path.read_text(errors="replace")[-5000:])
+        raise
+    finally:
+        stop_group(proc)
+
+
+def poll(url: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = requests.get(url, timeout=5)
+        assert response.status_code == 200
+        if response.json()["status"] in ("succeeded", "failed", "canceled"):
+            return response.json()
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def test_the_banner_prints_the_urls(stack):
+    banner = stack["log"].read_text(errors="replace")
+    assert stack["api"] in banner and stack["flower"] in banner and "redis://127.0.0.1:" in banner
+
+
+def test_digit_image_202_then_poll_then_cache_hit(stack):
+    image, label = digit_png_base64(5, size=(128, 128))
+    url = f"{stack['api']}/models/digits/predictions"
+    submitted = requests.post(url, json={"input": {"image": image}}, timeout=10)
+    assert submitted.status_code == 202
+    location = submitted.headers["Location"]
+    assert location.startswith("/predictions/")
+    done = poll(stack["api"] + location)
+    assert done["status"] == "succeeded", done
+    assert done["output"]["label"] == label
+    again = requests.post(url, json={"input": {"image": image}}, timeout=10)
+    assert again.status_code == 200 and again.json()["cached"] is True
+    assert again.json()["output"] == done["output"]
+
+
+def test_sentences_embed_and_rank(stack):
+    def embed(text):
+        submitted = requests.post(f"{stack['api']}/models/minilm/predictions", json={"input": {"text": text}},
+                                  timeout=10)
+        assert submitted.status_code in (200, 202)
+        body = submitted.json() if submitted.status_code == 200 else poll(stack["api"] + submitted.headers["Location"])
+        assert body["status"] == "succeeded", body
+        return np.array(body["output"]["embedding"])
+
+    query = embed("How do I reset my password?")
+    paraphrase = embed("What are the steps to change my password?")
+    unrelated = embed("Penguins live in the southern hemisphere.")
+    assert query.shape == (384,)
+    assert query @ paraphrase > query @ unrelated
+
+
+def test_bad_requests_get_readable_errors(stack):
+    url = f"{stack['api']}/models/digits/predictions"
+    bad = requests.post(url, json={"input": {"pixels": [0] * 10}}, timeout=10)
+    assert bad.status_code == 422 and "pixels" in bad.json()["errors"]["json"]["input"]
+    assert requests.post(url, data="{", headers={"Content-Type": "application/json"}, timeout=10).status_code == 400
+    assert requests.post(f"{stack['api']}/models/nope/predictions", json={"input": {}}, timeout=10).status_code == 404
+    assert requests.get(f"{stack['api']}/predictions/{'0' * 32}", timeout=10).status_code == 404
+    huge = requests.post(url, data=b"x" * (3 * 1024 * 1024), headers={"Content-Type": "application/json"}, timeout=10)
+    assert huge.status_code == 413
+
+
+def test_docs_and_flower_behind_auth(stack):
+    assert requests.get(f"{stack['api']}/docs", timeout=10).status_code == 200
+    assert requests.get(f"{stack['api']}/openapi.json", timeout=10).json()["info"]["title"] == "Ferry"
+    wait_for(lambda: requests.get(stack["flower"], timeout=2).status_code == 401, 60, "flower")
+    assert requests.get(stack["flower"], auth=("ferry", "e2e-secret"), timeout=10).status_code == 200

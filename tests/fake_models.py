@@ -1,0 +1,37 @@
+"""Small models for tests: real `Model` subclasses that need no weights."""
+from __future__ import annotations
+
+import time
+
+from models.base import Model
+
+
+class Echo(Model):
+    def setup(self, device: str) -> None:
+        self.device = device
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        return [{"echo": item["x"], "device": self.device} for item in batch]
+
+
+class Broken(Model):
+    def predict(self, batch: list[dict]) -> list[dict]:
+        raise RuntimeError("weights are corrupt")
+
+
+class WrongLength(Model):
+    def predict(self, batch: list[dict]) -> list[dict]:
+        return []
+
+
+class Slow(Model):
+    def predict(self, batch: list[dict]) -> list[dict]:
+        time.sleep(batch[0]["x"])
+        return [{"slept": item["x"]} for item in batch]
+
+
+def declaration(name: str, entrypoint: str, **extra) -> dict:
+    model = {"name": name, "kind": "torch", "version": "1", "entrypoint": f"tests.fake_models:{entrypoint}",
+             "inputs": {"x": {"type": "number", "required": True}}}
+    model.update(extra)
+    return model

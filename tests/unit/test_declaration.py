@@ -1,0 +1,130 @@
+import base64
+import io
+
+import pytest
+from marshmallow import ValidationError
+from PIL import Image
+
+from models.declaration import parse_repository
+from models.registry import Registry
+from models.schemas import build_input_schema, input_json_schema
+from tasks.settings import Settings
+
+
+def _model(**overrides):
+    model = {"name": "m", "kind": "torch", "version": "1", "entrypoint": "pkg.mod:Cls",
+             "inputs": {"x": {"type": "number", "min": 0, "max": 1, "required": True}}}
+    model.update(overrides)
+    return {"models": [model]}
+
+
+def _png(size=(16, 16)) -> str:
+    buffer = io.BytesIO()
+    Image.new("L", size, 255).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Registry.from_file(Settings().model_repository)
+
+
+def test_shipped_repository_declares_both_builtin_models(registry):
+    assert registry.names() == ["digits", "minilm"]
+    assert registry.get("minilm").max_batch_size == 32
+    assert registry.queues == {"realtime-cpu"}
+
+
+@pytest.mark.parametrize("broken, complaint", [
+    ({"kind": "pickle"}, "kind"),
+    ({"version": "has space"}, "version"),
+    ({"inputs": {"x": {"type": "tensor"}}}, "type"),
+    ({"inputs": {"x": {"type": "array"}}}, "items"),
+    ({"one_of": [["x", "y"]]}, "one_of"),
+    ({"entrypoint": "os.system"}, "entrypoint"),
+])
+def test_invalid_declarations_fail_loudly(broken, complaint):
+    with pytest.raises(ValueError, match=complaint):
+        parse_repository(_model(**broken))
+
+
+def test_duplicate_names_are_rejected():
+    document = _model()
+    document["models"].append(dict(document["models"][0]))
+    with pytest.raises(ValueError, match="twice"):
+        parse_repository(document)
+
+
+def test_unbounded_strings_get_a_default_bound():
+    spec = parse_repository(_model(inputs={"t": {"type": "string"}}))[0]
+    assert spec.inputs[0].max_length == 10_000
+
+
+def test_minilm_schema_applies_defaults_and_bounds(registry):
+    schema = registry.input_schema("minilm")
+    assert schema.load({"text": "hi"}) == {"text": "hi", "normalize": True}
+    with pytest.raises(ValidationError) as error:
+        schema.load({"text": "x" * 2001})
+    assert "text" in error.value.messages
+    with pytest.raises(ValidationError) as error:
+        schema.load({"text": ""})
+    assert "text" in error.value.messages
+    with pytest.raises(ValidationError) as error:
+        schema.load({"normalize": True})
+    assert error.value.messages == {"text": ["Missing data for required field."]}
+
+
+def test_digits_schema_checks_each_pixel(registry):
+    schema = registry.input_schema("digits")
+    pixels = [0] * 64
+    assert schema.load({"pixels": pixels}) == {"pixels": [0.0] * 64}
+    with pytest.raises(ValidationError) as error:
+        schema.load({"pixels": [17] + [0] * 63})
+    assert 0 in error.value.messages["pixels"]
+    with pytest.raises(ValidationError) as error:
+        schema.load({"pixels": ["a"] * 64})
+    assert "pixels" in error.value.messages
+    with pytest.raises(ValidationError):
+        schema.load({"pixels": [float("nan")] * 64})
+
+
+def test_digits_schema_wants_exactly_one_of_pixels_and_image(registry):
+    schema = registry.input_schema("digits")
+    with pytest.raises(ValidationError) as error:
+        schema.load({"pixels": [0] * 64, "image": _png()})
+    assert set(error.value.messages) == {"pixels", "image"}
+    assert schema.load({"image": _png()})["image"]
+
+
+@pytest.mark.parametrize("value, complaint", [
+    ("not base64!!", "base64"),
+    (base64.b64encode(b"GIF89a....").decode(), "PNG or JPEG"),
+])
+def test_images_that_are_not_images_are_rejected(registry, value, complaint):
+    with pytest.raises(ValidationError) as error:
+        registry.input_schema("digits").load({"image": value})
+    assert complaint in error.value.messages["image"][0]
+
+
+def test_data_url_images_are_accepted(registry):
+    assert registry.input_schema("digits").load({"image": "data:image/png;base64," + _png()})
+
+
+def test_integer_fields_are_strict():
+    spec = parse_repository(_model(inputs={"k": {"type": "integer", "min": 1, "max": 5}}))[0]
+    schema = build_input_schema(spec)
+    assert schema.load({"k": 3}) == {"k": 3}
+    for bad in (0, 6, 2.5, "3"):
+        with pytest.raises(ValidationError):
+            schema.load({"k": bad})
+
+
+def test_json_schema_mirrors_the_declaration(registry):
+    schema = input_json_schema(registry.get("digits"))
+    assert schema["properties"]["pixels"] == {
+        "type": "array", "items": {"type": "number", "minimum": 0.0, "maximum": 16.0},
+        "minItems": 64, "maxItems": 64,
+        "description": "8x8 grey levels, row by row, 0 (background) to 16 (ink).",
+    }
+    assert schema["additionalProperties"] is False
+    assert input_json_schema(registry.get("minilm"))["required"] == ["text"]

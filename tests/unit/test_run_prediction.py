@@ -1,0 +1,87 @@
+"""The worker's logic, called directly with fake models on fakeredis."""
+import json
+
+import pytest
+
+from models.declaration import parse_repository
+from models.registry import Registry
+from tasks import records
+from tasks.context import WorkerContext
+from tasks.predict import run_prediction
+from tasks.settings import Settings
+from tests.fake_models import declaration
+
+
+@pytest.fixture
+def ctx(fake_redis):
+    specs = parse_repository({"models": [
+        declaration("echo", "Echo", cache_ttl_s=100),
+        declaration("broken", "Broken"),
+        declaration("wrong", "WrongLength"),
+    ]})
+    return WorkerContext.build(Settings(redis_url="redis://unused:1/0"), fake_redis, Registry(specs))
+
+
+def submit(ctx, model="echo", x=1.0):
+    return ctx.store.create(model=model, version="1", queue="realtime-cpu", validated_input={"x": x},
+                            cache_key=ctx.cache.key(model, "1", {"x": x}))
+
+
+def test_success_records_output_timings_and_fills_the_cache(ctx, fake_redis):
+    record = submit(ctx)
+    assert run_prediction(record["id"], ctx) == records.SUCCEEDED
+    stored = ctx.store.get(record["id"])
+    assert stored["status"] == "succeeded"
+    assert json.loads(stored["output"]) == {"echo": 1.0, "device": "cpu"}
+    assert float(stored["queued_at"]) <= float(stored["started_at"]) <= float(stored["finished_at"])
+    assert ctx.cache.get(record["cache_key"]) == {"echo": 1.0, "device": "cpu"}
+    assert 0 < fake_redis.ttl(record["cache_key"]) <= 100
+
+
+def test_model_is_loaded_once_per_process(ctx):
+    for x in (1.0, 2.0, 3.0):
+        run_prediction(submit(ctx, x=x)["id"], ctx)
+    assert ctx.pool.loaded() == [("echo", "1")]
+
+
+def test_model_failure_is_a_clear_error_without_traceback(ctx):
+    record = submit(ctx, model="broken")
+    assert run_prediction(record["id"], ctx) == records.FAILED
+    stored = ctx.store.get(record["id"])
+    assert stored["error"] == "RuntimeError: weights are corrupt"
+    assert ctx.cache.get(record["cache_key"]) is None
+
+
+def test_wrong_output_length_gets_a_hint(ctx):
+    record = submit(ctx, model="wrong")
+    run_prediction(record["id"], ctx)
+    assert "Hint: predict must return a list with one output per input" in ctx.store.get(record["id"])["error"]
+
+
+def test_redelivery_of_a_finished_prediction_changes_nothing(ctx):
+    record = submit(ctx)
+    run_prediction(record["id"], ctx)
+    before = ctx.store.get(record["id"])
+    assert run_prediction(record["id"], ctx) == records.SUCCEEDED
+    assert ctx.store.get(record["id"]) == before
+
+
+def test_expired_record_is_skipped(ctx):
+    assert run_prediction("f" * 32, ctx) == "missing"
+
+
+def test_model_removed_from_repository_fails_clearly(ctx, fake_redis):
+    record = ctx.store.create(model="gone", version="1", queue="q", validated_input={"x": 1}, cache_key="k")
+    run_prediction(record["id"], ctx)
+    assert ctx.store.get(record["id"])["error"] == "Model 'gone' is not served any more."
+
+
+def test_status_changes_are_published(ctx, fake_redis):
+    record = submit(ctx)
+    pubsub = fake_redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(ctx.store.channel(record["id"]))
+    run_prediction(record["id"], ctx)
+    # get_message answers None for the swallowed subscribe confirmation too.
+    messages = (pubsub.get_message(timeout=0.05) for _ in range(5))
+    seen = [message["data"] for message in messages if message is not None]
+    assert seen == ["running", "succeeded"]
