@@ -6,8 +6,9 @@ import logging
 from flask import Flask
 
 from app import docs, errors
-from app.resources import health, models, predictions
+from app.resources import batch_jobs, health, models, predictions
 from app.services import Services
+from batch_jobs.sources import PopularityCounter
 from models.cache import PredictionCache
 from models.registry import Registry
 from tasks.records import PredictionStore
@@ -51,10 +52,11 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
         store=PredictionStore(redis_client, settings.key_prefix, settings.prediction_ttl_s),
         cache=PredictionCache(redis_client, settings.key_prefix),
         sender=sender,
+        popularity=PopularityCounter(settings.key_prefix, settings.popular_max, settings.popular_max_input_bytes),
     )
 
     api = errors.FerryApi(app)
-    for blueprint in (models.blp, predictions.blp, health.blp):
+    for blueprint in (models.blp, predictions.blp, batch_jobs.blp, health.blp):
         api.register_blueprint(blueprint)
     errors.init_app(app, settings.retry_after_s)
     docs.init_app(app)

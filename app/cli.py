@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from batch_jobs.cli import batch as batch_cli
 from tasks.settings import ROOT, Settings
 
 PROCFILE = ROOT / "Procfile"
@@ -31,6 +32,9 @@ def main() -> None:
     """Ferry: one model server for many models."""
 
 
+main.add_command(batch_cli)
+
+
 @main.command()
 def dev() -> None:
     """Start everything on this machine: embedded Redis (unless FERRY_REDIS_URL is set),
@@ -39,7 +43,7 @@ def dev() -> None:
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
-    processes = ["api", "worker", "beat", "flower"]
+    processes = ["api", "worker", "batch", "beat", "flower"]
     redis_url = settings.redis_url
     if not redis_url:
         redis_url = f"redis://127.0.0.1:{settings.embedded_redis_port}/0"
@@ -47,12 +51,15 @@ def dev() -> None:
         processes.insert(0, "redis")
     password = settings.flower_password or secrets.token_urlsafe(12)
     env["FERRY_FLOWER_PASSWORD"] = password
+    admin_key = settings.admin_key or secrets.token_urlsafe(24)
+    env["FERRY_ADMIN_KEY"] = admin_key
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     api = f"http://{settings.api_host}:{settings.api_port}"
     click.echo(
         "Ferry is starting:\n"
         f"  API      {api}   (docs: {api}/docs, readiness: {api}/health/ready)\n"
         f"  Flower   http://127.0.0.1:{settings.flower_port}   (user {settings.flower_user}, password {password})\n"
+        f"  Admin    Authorization: Bearer {admin_key}   (batch jobs)\n"
         f"  Redis    {redis_url}{'   (embedded, data in ' + settings.data_dir + '/redis)' if 'redis' in processes else ''}\n"
         "Stop with Ctrl-C.\n"
     )

@@ -1,7 +1,7 @@
 """Marshmallow schemas of the API's request and response bodies."""
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields
+from marshmallow import RAISE, Schema, fields, validate
 
 
 class SubmitSchema(Schema):
@@ -48,3 +48,43 @@ class ModelSchema(Schema):
 class HealthSchema(Schema):
     status = fields.String()
     checks = fields.Dict()
+
+
+class BatchJobCreateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    model = fields.String(required=True)
+    source = fields.Dict(required=True, metadata={"description": (
+        '{"type": "jsonl"|"csv", "path": "<relative to FERRY_BATCH_INPUT_DIR>"} or {"type": "popular", "top_n": N}')})
+    chunk_size = fields.Integer(validate=validate.Range(min=1, max=100_000))
+    batch_size = fields.Integer(validate=validate.Range(min=1, max=4096))
+    cache_ttl_s = fields.Integer(validate=validate.Range(min=60, max=90 * 24 * 3600))
+
+
+class BatchProgressSchema(Schema):
+    total = fields.Integer()
+    valid = fields.Integer()
+    done = fields.Integer()
+    failed = fields.Integer()
+    invalid = fields.Integer()
+    chunks_total = fields.Integer()
+    chunks_done = fields.Integer()
+    rate_per_s = fields.Float(allow_none=True)
+    eta_s = fields.Float(allow_none=True)
+
+
+class BatchJobSchema(Schema):
+    id = fields.String()
+    model = fields.String()
+    version = fields.String()
+    status = fields.String(metadata={"enum": ["queued", "planning", "running", "succeeded", "failed", "canceled"]})
+    origin = fields.String()
+    source = fields.Dict()
+    options = fields.Dict()
+    progress = fields.Nested(BatchProgressSchema)
+    errors = fields.List(fields.Dict(), metadata={"description": "A sample of invalid rows and failed inputs."})
+    error = fields.String(allow_none=True)
+    created_at = fields.DateTime(allow_none=True)
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)

@@ -5,6 +5,7 @@ import dataclasses
 
 from flask import current_app
 
+from batch_jobs.sources import PopularityCounter
 from models.cache import PredictionCache
 from models.registry import Registry
 from tasks.records import PredictionStore
@@ -20,6 +21,7 @@ class Services:
     store: PredictionStore
     cache: PredictionCache
     sender: TaskSender
+    popularity: PopularityCounter
 
 
 def services() -> Services:

@@ -21,3 +21,19 @@ class Model:
             f"{type(self).__name__}.predict is missing. "
             "Hint: implement predict(self, batch: list[dict]) -> list[dict]."
         )
+
+
+def checked_predict(model: Model, inputs: list[dict]) -> list[dict]:
+    """`model.predict(inputs)`, with a loud, helpful error when the outputs are malformed."""
+    outputs = model.predict(inputs)
+    name = type(model).__name__
+    if not isinstance(outputs, list) or len(outputs) != len(inputs):
+        got = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
+        raise TypeError(
+            f"{name}.predict returned {got} outputs for {len(inputs)} inputs. "
+            "Hint: predict must return a list with one output per input."
+        )
+    for output in outputs:
+        if not isinstance(output, dict):
+            raise TypeError(f"{name}.predict must return dicts, got {type(output).__name__}.")
+    return outputs

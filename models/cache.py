@@ -22,8 +22,16 @@ class PredictionCache:
     def key(self, model: str, version: str, validated_input: dict) -> str:
         return f"{self.prefix}cache:{model}:{version}:{input_digest(validated_input)}"
 
-    def get(self, key: str) -> dict | None:
-        raw = self.redis.get(key)
+    def get(self, key: str, *, also=None) -> dict | None:
+        """The cached output, or None. `also(pipe)` may queue more commands, which then
+        ride the same round trip as the read."""
+        if also is None:
+            raw = self.redis.get(key)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.get(key)
+            also(pipe)
+            raw = pipe.execute()[0]
         return None if raw is None else json.loads(raw)
 
     def set(self, key: str, output: dict, ttl_s: int, *, pipe=None) -> None:

@@ -6,6 +6,12 @@ from celery import Celery
 from tasks.settings import Settings
 
 PREDICT_TASK = "ferry.predict"
+BATCH_PLAN_TASK = "ferry.batch.plan"
+BATCH_CHUNK_TASK = "ferry.batch.chunk"
+BATCH_NIGHTLY_TASK = "ferry.batch.nightly"
+BATCH_WATCHDOG_TASK = "ferry.batch.watchdog"
+# Batch work has its own queue and its own worker processes, so it never starves real time.
+BATCH_QUEUE = "batch"
 
 
 def create_celery(settings: Settings) -> Celery:

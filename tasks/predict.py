@@ -8,6 +8,7 @@ import time
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from models.base import checked_predict
 from models.registry import UnknownModel
 from tasks import records
 from tasks.celery_app import PREDICT_TASK
@@ -34,7 +35,7 @@ def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
         if spec.version != record["version"]:
             raise LookupError(f"version {record['version']} of model {spec.name} is no longer served")
         model = ctx.pool.get(spec)
-        output = _predict_one(model, json.loads(record["input"]))
+        output = checked_predict(model, [json.loads(record["input"])])[0]
     except SoftTimeLimitExceeded:
         return _fail(ctx, prediction_id, f"Timed out after {spec.timeout_s:g} s.")
     except UnknownModel:
@@ -50,18 +51,6 @@ def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
         output=json.dumps(output, separators=(",", ":")), finished_at=repr(time.time()),
     )
     return records.SUCCEEDED
-
-
-def _predict_one(model, item: dict) -> dict:
-    outputs = model.predict([item])
-    if not isinstance(outputs, list) or len(outputs) != 1:
-        raise TypeError(
-            f"{type(model).__name__}.predict returned {type(outputs).__name__} of the wrong length. "
-            "Hint: predict must return a list with one output per input."
-        )
-    if not isinstance(outputs[0], dict):
-        raise TypeError(f"{type(model).__name__}.predict must return dicts, got {type(outputs[0]).__name__}.")
-    return outputs[0]
 
 
 def _fail(ctx: WorkerContext, prediction_id: str, message: str) -> str:

@@ -1,25 +1,32 @@
-"""How the API hands a prediction to the workers: one small base class, a real and a fake."""
+"""How work is handed to the workers: one small base class, a real and a fake."""
 from __future__ import annotations
 
-from tasks.celery_app import PREDICT_TASK
+from tasks.celery_app import BATCH_CHUNK_TASK, BATCH_PLAN_TASK, BATCH_QUEUE, PREDICT_TASK
 
 
 class TaskSender:
-    def send(self, prediction_id: str, *, queue: str, timeout_s: float) -> None:
+    def dispatch(self, task: str, args: list, *, queue: str, time_limit_s: float | None = None) -> None:
         raise NotImplementedError
+
+    def send(self, prediction_id: str, *, queue: str, timeout_s: float) -> None:
+        self.dispatch(PREDICT_TASK, [prediction_id], queue=queue, time_limit_s=timeout_s)
+
+    def send_plan(self, job_id: str) -> None:
+        self.dispatch(BATCH_PLAN_TASK, [job_id], queue=BATCH_QUEUE)
+
+    def send_chunk(self, job_id: str, number: int) -> None:
+        self.dispatch(BATCH_CHUNK_TASK, [job_id, number], queue=BATCH_QUEUE)
 
 
 class CelerySender(TaskSender):
     def __init__(self, celery):
         self.celery = celery
 
-    def send(self, prediction_id: str, *, queue: str, timeout_s: float) -> None:
+    def dispatch(self, task: str, args: list, *, queue: str, time_limit_s: float | None = None) -> None:
+        limits = {} if time_limit_s is None else {"soft_time_limit": time_limit_s, "time_limit": time_limit_s + 30}
         # retry=False: when the broker is down the API answers 503 at once instead of
         # holding the request in kombu's reconnect loop.
-        self.celery.send_task(
-            PREDICT_TASK, args=[prediction_id], queue=queue, retry=False,
-            soft_time_limit=timeout_s, time_limit=timeout_s + 30,
-        )
+        self.celery.send_task(task, args=args, queue=queue, retry=False, **limits)
 
 
 class RecordingSender(TaskSender):
@@ -29,7 +36,7 @@ class RecordingSender(TaskSender):
         self.sent: list[dict] = []
         self.on_send = on_send
 
-    def send(self, prediction_id: str, *, queue: str, timeout_s: float) -> None:
-        self.sent.append({"id": prediction_id, "queue": queue, "timeout_s": timeout_s})
+    def dispatch(self, task: str, args: list, *, queue: str, time_limit_s: float | None = None) -> None:
+        self.sent.append({"task": task, "args": args, "queue": queue, "time_limit_s": time_limit_s})
         if self.on_send is not None:
-            self.on_send(prediction_id)
+            self.on_send(*args)

@@ -39,6 +39,25 @@ class Settings:
     flower_password: str = ""
     embedded_redis_port: int = 6390
     log_level: str = "info"
+    # Admin routes (batch jobs, later model registration) answer 403 until a key is set.
+    admin_key: str = ""
+    # Batch precompute. The cache TTL outlives a day, so one missed night keeps yesterday's cache.
+    batch_input_dir: str = ""
+    batch_chunk_size: int = 500
+    batch_cache_ttl_s: int = 3 * 24 * 3600
+    batch_job_ttl_s: int = 7 * 24 * 3600
+    # A running job whose chunks made no progress for this long is re-dispatched.
+    batch_stale_s: float = 300.0
+    batch_watchdog_s: float = 60.0
+    nightly_jobs_file: str = str(ROOT / "batch_jobs" / "nightly.yaml")
+    # How many distinct inputs per model the popularity count keeps.
+    popular_max: int = 10_000
+    # Inputs longer than this (canonical JSON) are not counted: images would bloat the set.
+    popular_max_input_bytes: int = 4096
+
+    @property
+    def batch_inputs(self) -> Path:
+        return Path(self.batch_input_dir or Path(self.data_dir) / "batch-inputs")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":

@@ -5,5 +5,10 @@ from tasks.settings import Settings
 settings = Settings.from_env()
 celery = create_celery(settings)
 
+from batch_jobs.schedule import beat_schedule  # noqa: E402
+
+celery.conf.beat_schedule = beat_schedule(settings)
+
+import tasks.batch  # noqa: E402,F401  (registers the batch tasks)
 import tasks.heartbeat  # noqa: E402,F401  (signal handlers)
-import tasks.predict  # noqa: E402,F401  (registers the tasks)
+import tasks.predict  # noqa: E402,F401  (registers the predict task)

@@ -35,3 +35,22 @@ def declaration(name: str, entrypoint: str, **extra) -> dict:
              "inputs": {"x": {"type": "number", "required": True}}}
     model.update(extra)
     return model
+
+
+class Picky(Model):
+    """Fails any batch holding a negative x, and each negative x alone."""
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        if any(item["x"] < 0 for item in batch):
+            raise ValueError("x must not be negative")
+        return [{"double": item["x"] * 2} for item in batch]
+
+
+class SlowEach(Model):
+    """Sleeps `seconds` per input: batch jobs slow enough to interrupt."""
+
+    seconds = 0.02
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        time.sleep(self.seconds * len(batch))
+        return [{"double": item["x"] * 2} for item in batch]

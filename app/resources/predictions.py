@@ -26,7 +26,7 @@ def prefer_wait(max_wait_s: float) -> float:
     return min(float(match.group(1)), max_wait_s) if match else 0.0
 
 
-def _time(value: str | None) -> datetime | None:
+def timestamp(value: str | None) -> datetime | None:
     return datetime.fromtimestamp(float(value), tz=timezone.utc) if value else None
 
 
@@ -45,9 +45,9 @@ def view(record: dict) -> dict:
         "output": json.loads(record["output"]) if record.get("output") else None,
         "error": record.get("error"),
         "timings": {
-            "queued_at": _time(record.get("queued_at")),
-            "started_at": _time(record.get("started_at")),
-            "finished_at": _time(record.get("finished_at")),
+            "queued_at": timestamp(record.get("queued_at")),
+            "started_at": timestamp(record.get("started_at")),
+            "finished_at": timestamp(record.get("finished_at")),
             "queue_ms": _millis(record.get("queued_at"), record.get("started_at")),
             "run_ms": _millis(record.get("started_at"), record.get("finished_at")),
         },
@@ -72,7 +72,9 @@ class Submissions(MethodView):
         except ValidationError as exc:
             abort(422, message=f"The input does not match model {name!r}.", errors={"json": {"input": exc.messages}})
         cache_key = ferry.cache.key(spec.name, spec.version, validated)
-        output = ferry.cache.get(cache_key)
+        # Count the input for the nightly "popular inputs" precompute, in the same round trip.
+        output = ferry.cache.get(
+            cache_key, also=lambda pipe: ferry.popularity.count(pipe, spec.name, spec.version, validated))
         if output is not None:
             return {"model": spec.name, "version": spec.version, "status": records.SUCCEEDED,
                     "cached": True, "output": output}, 200

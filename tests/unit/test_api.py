@@ -38,7 +38,8 @@ def test_submit_queues_and_answers_202_with_location(client, sender, fake_redis)
     body = response.json
     assert response.headers["Location"] == f"/predictions/{body['id']}"
     assert body["status"] == "queued" and body["cached"] is False
-    assert sender.sent == [{"id": body["id"], "queue": "realtime-cpu", "timeout_s": 30.0}]
+    assert sender.sent == [{"task": "ferry.predict", "args": [body["id"]], "queue": "realtime-cpu",
+                            "time_limit_s": 30.0}]
     stored = fake_redis.hgetall(f"ferry:prediction:{body['id']}")
     assert json.loads(stored["input"]) == {"pixels": PIXELS}
     assert 0 < fake_redis.ttl(f"ferry:prediction:{body['id']}") <= 24 * 3600

@@ -1,0 +1,47 @@
+"""Nightly jobs, declared in `batch_jobs/nightly.yaml` (FERRY_NIGHTLY_JOBS_FILE), run by beat."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from celery.schedules import crontab
+
+from tasks.celery_app import BATCH_NIGHTLY_TASK, BATCH_QUEUE, BATCH_WATCHDOG_TASK
+
+JOB_OPTIONS = ("model", "source", "chunk_size", "batch_size", "cache_ttl_s")
+
+
+def load_nightly(settings) -> dict[str, dict]:
+    path = Path(settings.nightly_jobs_file)
+    if not path.is_file():
+        return {}
+    document = yaml.safe_load(path.read_text()) or {}
+    jobs = {}
+    for entry in document.get("jobs") or []:
+        missing = {"name", "model", "source", "crontab"} - set(entry)
+        if missing:
+            raise ValueError(f"{path}: nightly job {entry.get('name', '?')} lacks {sorted(missing)}")
+        jobs[entry["name"]] = entry
+    return jobs
+
+
+def nightly_job(settings, name: str) -> dict:
+    entry = load_nightly(settings)[name]
+    return {key: entry[key] for key in JOB_OPTIONS if key in entry}
+
+
+def beat_schedule(settings) -> dict:
+    schedule = {
+        "batch-watchdog": {"task": BATCH_WATCHDOG_TASK, "schedule": settings.batch_watchdog_s,
+                           "options": {"queue": BATCH_QUEUE}},
+    }
+    for name, entry in load_nightly(settings).items():
+        minute, hour, day_of_month, month_of_year, day_of_week = entry["crontab"].split()
+        schedule[f"nightly-{name}"] = {
+            "task": BATCH_NIGHTLY_TASK,
+            "schedule": crontab(minute=minute, hour=hour, day_of_month=day_of_month,
+                                month_of_year=month_of_year, day_of_week=day_of_week),
+            "args": [name],
+            "options": {"queue": BATCH_QUEUE},
+        }
+    return schedule

@@ -1,0 +1,128 @@
+"""Where a batch job's inputs come from: JSONL or CSV files, or the inputs asked for most.
+
+Every source yields `(line, raw_input)` pairs; `validated_rows` checks each against the
+model's schema, so that a bad row is counted and reported, never fatal.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Iterator
+
+from marshmallow import Schema, ValidationError
+
+from models.cache import canonical_json
+from models.declaration import ModelSpec
+
+SOURCE_TYPES = ("jsonl", "csv", "popular")
+
+
+class SourceError(ValueError):
+    """The source itself is unusable (missing file, path outside the input folder...)."""
+
+
+def resolve_path(path: str, base: Path, *, confined: bool) -> Path:
+    """A source file's path; `confined` (jobs from the API) keeps it inside `base`."""
+    candidate = Path(path)
+    if confined:
+        if candidate.is_absolute():
+            raise SourceError("Give the path relative to the batch input folder.")
+        candidate = (base / candidate).resolve()
+        if base.resolve() not in candidate.parents:
+            raise SourceError("The path leaves the batch input folder.")
+    elif not candidate.is_absolute():
+        candidate = (base / candidate) if (base / candidate).exists() else candidate.resolve()
+    if not candidate.is_file():
+        raise SourceError(f"No such file: {path}")
+    return candidate
+
+
+def jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield line_no, SourceRowError(f"Not valid JSON: {exc.msg}.")
+
+
+def csv_rows(path: Path, spec: ModelSpec) -> Iterator[tuple[int, object]]:
+    """CSV cells are text: numbers and integers are parsed, arrays are JSON, empty cells are absent."""
+    kinds = {field.name: field.type for field in spec.inputs}
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        for row in reader:
+            line_no = reader.line_num
+            try:
+                yield line_no, {name: _cell(kinds.get(name), value) for name, value in row.items()
+                                if value not in ("", None)}
+            except ValueError as exc:
+                yield line_no, SourceRowError(str(exc))
+
+
+def _cell(kind: str | None, value: str):
+    if kind == "integer":
+        return int(value)
+    if kind == "number":
+        return float(value)
+    if kind == "array":
+        return json.loads(value)
+    return value
+
+
+def popular_key(prefix: str, model: str, version: str) -> str:
+    return f"{prefix}popular:{model}:{version}"
+
+
+def popular_rows(redis, prefix: str, spec: ModelSpec, top_n: int) -> Iterator[tuple[int, object]]:
+    members = redis.zrevrange(popular_key(prefix, spec.name, spec.version), 0, top_n - 1)
+    for rank, member in enumerate(members, start=1):
+        yield rank, json.loads(member)
+
+
+class SourceRowError:
+    """A row that could not even be parsed; it carries the reason."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def validated_rows(rows, schema: Schema):
+    """Yield `(line, validated_input, None)` or `(line, None, error message)`."""
+    for line_no, raw in rows:
+        if isinstance(raw, SourceRowError):
+            yield line_no, None, raw.message
+            continue
+        if not isinstance(raw, dict):
+            yield line_no, None, "Each row must be a JSON object of the model's input fields."
+            continue
+        try:
+            yield line_no, schema.load(raw), None
+        except ValidationError as exc:
+            yield line_no, None, json.dumps(exc.messages, sort_keys=True)
+
+
+class PopularityCounter:
+    """Counts what the API is asked for, per model, in bounded memory (a trimmed sorted set)."""
+
+    TRIM_EVERY = 64
+
+    def __init__(self, prefix: str, max_entries: int, max_input_bytes: int):
+        self.prefix = prefix
+        self.max_entries = max_entries
+        self.max_input_bytes = max_input_bytes
+        self._calls = 0
+
+    def count(self, pipe, model: str, version: str, validated_input: dict) -> None:
+        """Queue the count on `pipe`, so it rides the same round trip as the cache read."""
+        member = canonical_json(validated_input)
+        if len(member) > self.max_input_bytes:
+            return
+        key = popular_key(self.prefix, model, version)
+        pipe.zincrby(key, 1, member)
+        self._calls += 1
+        if self._calls % self.TRIM_EVERY == 0:
+            pipe.zremrangebyrank(key, 0, -(self.max_entries + 1))
