@@ -58,22 +58,31 @@ def _rows(job: dict, spec, ctx):
 
 
 def plan_job(job_id: str, ctx, dispatch) -> dict | None:
-    """Read and validate the source, store it as chunks, and dispatch every chunk not yet
-    done. Planning twice (a redelivered task) re-dispatches instead of re-reading."""
+    """Read and validate the source, store it as chunks and dispatch each chunk as soon as
+    it is full, so the workers start while the rest is still being read. Planning twice (a
+    redelivered task) re-dispatches what is unfinished instead of re-reading."""
     store = job_store(ctx)
     job = store.get(job_id)
     if job is None or job["status"] in FINISHED:
         return job
     if job.get("n_chunks"):
         return resume_job(job_id, ctx, dispatch)
-    if not store.set_status_unless_finished(job_id, PLANNING):
+    now = repr(time.time())
+    if not store.set_status_unless_finished(job_id, PLANNING, started_at=now, progress_at=now):
         return store.get(job_id)
     spec = ctx.registry.get(job["model"])
     schema = ctx.registry.input_schema(spec.name)
     chunk_size = int(job["chunk_size"])
-    chunks: list[list] = [[]]
-    errors: list[dict] = []
-    invalid = 0
+    chunk: list = []
+    n_chunks, valid, invalid, errors = 0, 0, 0, []
+
+    def flush() -> None:
+        nonlocal chunk, n_chunks
+        store.write_chunk(job_id, n_chunks, chunk)
+        store.set(job_id, progress_at=repr(time.time()))  # the watchdog sees a live planner
+        dispatch(job_id, n_chunks)
+        chunk, n_chunks = [], n_chunks + 1
+
     try:
         for line, validated, error in sources.validated_rows(_rows(job, spec, ctx), schema):
             if error is not None:
@@ -81,25 +90,21 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
                 if len(errors) < 100:
                     errors.append({"line": line, "error": error})
                 continue
-            if len(chunks[-1]) >= chunk_size:
-                chunks.append([])
-            chunks[-1].append([line, validated])
+            valid += 1
+            chunk.append([line, validated])
+            if len(chunk) >= chunk_size:
+                flush()
+        if chunk:
+            flush()
     except (OSError, sources.SourceError, UnicodeDecodeError) as exc:
         store.set_status_unless_finished(job_id, FAILED, error=f"Could not read the source: {exc}",
                                          finished_at=repr(time.time()))
         return store.get(job_id)
-    if not chunks[-1]:
-        chunks.pop()
-    store.write_chunks(job_id, chunks)
     store.record_errors(job_id, errors)
-    now = repr(time.time())
-    store.set(job_id, valid=sum(map(len, chunks)), invalid=invalid, n_chunks=len(chunks))
-    if not store.set_status_unless_finished(job_id, RUNNING, started_at=now, progress_at=now):
-        return store.get(job_id)
-    if not chunks:
-        store.set_status_unless_finished(job_id, SUCCEEDED, finished_at=now)
-    for number in range(len(chunks)):
-        dispatch(job_id, number)
+    store.set(job_id, valid=valid, invalid=invalid, n_chunks=n_chunks)
+    if store.set_status_unless_finished(job_id, RUNNING):
+        # Chunks may all have finished while the source was still being read.
+        _finish_if_complete(store, job_id)
     return store.get(job_id)
 
 
@@ -156,7 +161,8 @@ def _predict_isolated(model, inputs: list[dict]) -> list[tuple[dict | None, str 
 
 def _finish_if_complete(store: BatchJobStore, job_id: str) -> None:
     job = store.get(job_id)
-    if job and len(store.done_chunks(job_id)) >= int(job.get("n_chunks", 0)):
+    # n_chunks is written once planning has read the whole source; until then, never done.
+    if job and job.get("n_chunks") and len(store.done_chunks(job_id)) >= int(job["n_chunks"]):
         store.set_status_unless_finished(job_id, SUCCEEDED, finished_at=repr(time.time()))
 
 

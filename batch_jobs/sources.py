@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
+
+import orjson
 from pathlib import Path
 from typing import Iterator
 
@@ -44,9 +46,9 @@ def jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
             if not line.strip():
                 continue
             try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield line_no, SourceRowError(f"Not valid JSON: {exc.msg}.")
+                yield line_no, orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield line_no, SourceRowError(f"Not valid JSON: {exc}.")
 
 
 def csv_rows(path: Path, spec: ModelSpec) -> Iterator[tuple[int, object]]:

@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 
+import orjson
 from redis.exceptions import WatchError
 
 QUEUED, PLANNING, RUNNING, SUCCEEDED, FAILED, CANCELED = (
@@ -78,15 +79,12 @@ class BatchJobStore:
                 except WatchError:
                     continue
 
-    def write_chunks(self, job_id: str, chunks: list[list]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for number, items in enumerate(chunks):
-            pipe.set(self.key(job_id, "chunk", number), json.dumps(items, separators=(",", ":")), ex=self.ttl_s)
-        pipe.execute()
+    def write_chunk(self, job_id: str, number: int, items: list) -> None:
+        self.redis.set(self.key(job_id, "chunk", number), orjson.dumps(items), ex=self.ttl_s)
 
     def chunk_items(self, job_id: str, number: int) -> list | None:
         raw = self.redis.get(self.key(job_id, "chunk", number))
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else orjson.loads(raw)
 
     def record_errors(self, job_id: str, errors: list[dict]) -> None:
         if not errors:

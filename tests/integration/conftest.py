@@ -1,12 +1,34 @@
-"""A real redis-server and a real Celery worker process, started once for the session."""
+"""A real redis-server and real Celery worker processes, started once for the session."""
 from __future__ import annotations
 
 import pytest
 import redis
+import yaml
 
 from app import create_app
 from tasks.heartbeat import live_queues
+from tasks.settings import Settings
+from tests.fake_models import declaration
 from tests.processes import RedisServer, start_worker, stop_group, wait_for
+
+ADMIN_KEY = "integration-admin-key"
+
+
+@pytest.fixture(scope="session")
+def repository_file(tmp_path_factory):
+    """The shipped models plus a slow test model, for batch jobs long enough to interrupt."""
+    document = yaml.safe_load(open(Settings().model_repository))
+    document["models"].append(declaration("slow", "SlowEach", batching={"max_batch_size": 5, "max_wait_ms": 0}))
+    path = tmp_path_factory.mktemp("repository") / "repository.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "batch-inputs").mkdir()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -23,23 +45,38 @@ def real_redis(redis_url):
     client.close()
 
 
-@pytest.fixture(scope="session")
-def worker(redis_url, real_redis, tmp_path_factory):
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    proc = start_worker(redis_url, log_path)
+def run_worker(redis_url, real_redis, log_dir, queues, **settings):
+    log_path = log_dir / f"worker-{queues}.log"
+    proc = start_worker(redis_url, log_path, queues=queues, **settings)
     try:
-        wait_for(lambda: "realtime-cpu" in live_queues(real_redis, "ferry:", 10), 60, "celery worker", proc)
+        wait_for(lambda: queues in live_queues(real_redis, "ferry:", 10), 60, f"worker for {queues}", proc)
     except Exception:
         stop_group(proc)
         print(log_path.read_text())
         raise
+    return proc
+
+
+@pytest.fixture(scope="session")
+def worker(redis_url, real_redis, tmp_path_factory, repository_file, data_dir):
+    proc = run_worker(redis_url, real_redis, tmp_path_factory.mktemp("worker"), "realtime-cpu",
+                      model_repository=repository_file, data_dir=data_dir)
+    yield proc
+    stop_group(proc)
+
+
+@pytest.fixture(scope="session")
+def batch_worker(redis_url, real_redis, tmp_path_factory, repository_file, data_dir):
+    proc = run_worker(redis_url, real_redis, tmp_path_factory.mktemp("batch-worker"), "batch",
+                      model_repository=repository_file, data_dir=data_dir)
     yield proc
     stop_group(proc)
 
 
 @pytest.fixture
-def live_app(redis_url, worker):
-    return create_app({"TESTING": True, "redis_url": redis_url})
+def live_app(redis_url, worker, repository_file, data_dir):
+    return create_app({"TESTING": True, "redis_url": redis_url, "model_repository": str(repository_file),
+                       "data_dir": str(data_dir), "admin_key": ADMIN_KEY})
 
 
 @pytest.fixture

@@ -128,3 +128,26 @@ def test_json_schema_mirrors_the_declaration(registry):
     }
     assert schema["additionalProperties"] is False
     assert input_json_schema(registry.get("minilm"))["required"] == ["text"]
+
+
+@pytest.mark.parametrize("pixels, index, message", [
+    ([True] + [0] * 63, 0, "Not a valid number."),
+    ([0] * 63 + ["1"], 63, "Not a valid number."),
+    ([0] * 5 + [float("inf")] + [0] * 58, 5, "Special numeric values"),
+    ([0] * 7 + [-0.5] + [0] * 56, 7, "Must be greater than or equal to 0"),
+    ([0] * 9 + [None] + [0] * 54, 9, "Not a valid number."),
+])
+def test_number_arrays_name_each_bad_item(registry, pixels, index, message):
+    with pytest.raises(ValidationError) as error:
+        registry.input_schema("digits").load({"pixels": pixels})
+    assert list(error.value.messages["pixels"]) == [index]
+    assert error.value.messages["pixels"][index][0].startswith(message)
+
+
+def test_integer_arrays_are_strict():
+    spec = parse_repository(_model(inputs={"ids": {"type": "array", "items": "integer", "min": 1, "max_length": 3}}))[0]
+    schema = build_input_schema(spec)
+    assert schema.load({"ids": [1, 2]}) == {"ids": [1, 2]}
+    for bad in ([1.0], [0], [1, 2, 3, 4], "1,2", [True]):
+        with pytest.raises(ValidationError):
+            schema.load({"ids": bad})

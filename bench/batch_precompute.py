@@ -1,0 +1,117 @@
+"""Nightly precompute through the whole path, beside the model's in-process batched throughput.
+
+    .venv/bin/python bench/batch_precompute.py [--minilm 5000] [--digits 50000]
+
+Starts a private redis-server and one batch worker (one process, like the in-process
+baseline; the model is loaded on it before timing, as the baseline excludes loading too), writes the inputs as JSONL, runs `ferry batch`'s path (plan in this process,
+chunks on the worker, pipelined cache writes) and prints inputs/s for both and the ratio.
+Target: at least 0.9. Prints figures only; asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import redis  # noqa: E402
+
+from batch_jobs import runner  # noqa: E402
+from models.registry import Registry, instantiate  # noqa: E402
+from tasks.celery_app import create_celery  # noqa: E402
+from tasks.context import WorkerContext  # noqa: E402
+from tasks.heartbeat import live_queues  # noqa: E402
+from tasks.senders import CelerySender  # noqa: E402
+from tasks.settings import Settings  # noqa: E402
+from tests.processes import RedisServer, start_worker, stop_group, wait_for  # noqa: E402
+
+WORDS = ("ferry river model server queue worker cache night batch input output fast small large "
+         "green blue music guitar password report weather city train ocean mountain book").split()
+
+
+def minilm_inputs(n: int, rng: random.Random) -> list[dict]:
+    return [{"text": f"{' '.join(rng.choices(WORDS, k=rng.randint(5, 14)))} #{i}", "normalize": True}
+            for i in range(n)]
+
+
+def digits_inputs(n: int, rng: np.random.Generator) -> list[dict]:
+    from sklearn.datasets import load_digits
+
+    base = load_digits().data
+    picks = base[rng.integers(0, len(base), n)] + rng.integers(-1, 2, (n, 64))
+    return [{"pixels": [float(v) for v in row]} for row in np.clip(picks, 0, 16)]
+
+
+def in_process(spec, inputs: list[dict], batch_size: int) -> float:
+    model = instantiate(spec)
+    model.setup("cpu")
+    model.predict(inputs[:batch_size])  # warm-up, as the worker's first chunk also pays it
+    started = time.perf_counter()
+    for start in range(0, len(inputs), batch_size):
+        model.predict(inputs[start:start + batch_size])
+    return len(inputs) / (time.perf_counter() - started)
+
+
+def through_ferry(ctx, sender, model: str, path: Path, chunk_size: int, batch_size: int) -> tuple[float, dict]:
+    started = time.perf_counter()
+    job = runner.create_job(ctx, model=model, source={"type": "jsonl", "path": str(path)}, chunk_size=chunk_size,
+                            batch_size=batch_size, origin="bench", confined=False)
+    runner.plan_job(job["id"], ctx, sender.send_chunk)
+    store = runner.job_store(ctx)
+    wait_for(lambda: store.get(job["id"])["status"] in ("succeeded", "failed", "canceled"), 3600, "batch job")
+    elapsed = time.perf_counter() - started
+    progress = store.progress(store.get(job["id"]))
+    return progress["done"] / elapsed, progress
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minilm", type=int, default=5000)
+    parser.add_argument("--digits", type=int, default=50000)
+    parser.add_argument("--chunk-size", type=int, default=1000)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
+    server = RedisServer(work / "redis").start()
+    settings = Settings(redis_url=server.url, data_dir=str(work))
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    ctx = WorkerContext.build(settings, client)
+    sender = CelerySender(create_celery(settings))
+    worker = start_worker(server.url, work / "worker.log", queues="batch", concurrency=1, data_dir=work)
+    rows = []
+    try:
+        wait_for(lambda: "batch" in live_queues(client, "ferry:", 10), 60, "batch worker", worker)
+        registry = Registry.from_file(settings.model_repository)
+        cases = [("minilm", minilm_inputs(args.minilm, random.Random(1)), 64),
+                 ("digits", digits_inputs(args.digits, np.random.default_rng(1)), 512)]
+        for name, inputs, batch_size in cases:
+            if not inputs:
+                continue
+            path = work / f"{name}.jsonl"
+            path.write_text("".join(json.dumps(item) + "\n" for item in inputs))
+            # Workers are long-lived: load the model on the worker before timing, as the
+            # in-process baseline also excludes loading.
+            warm = work / f"{name}-warm.jsonl"
+            warm.write_text("".join(json.dumps(item) + "\n" for item in inputs[-batch_size:]))
+            through_ferry(ctx, sender, name, warm, args.chunk_size, batch_size)
+            baseline = in_process(registry.get(name), inputs, batch_size)
+            ferry, progress = through_ferry(ctx, sender, name, path, args.chunk_size, batch_size)
+            rows.append((name, len(inputs), batch_size, baseline, ferry, progress))
+    finally:
+        stop_group(worker)
+        server.stop()
+
+    print(f"\n{'model':<8} {'inputs':>7} {'batch':>6} {'in-process/s':>13} {'ferry/s':>9} {'ratio':>6}  cached")
+    for name, n, batch_size, baseline, ferry, progress in rows:
+        print(f"{name:<8} {n:>7} {batch_size:>6} {baseline:>13.0f} {ferry:>9.0f} {ferry / baseline:>6.2f}  "
+              f"{progress['done']}/{progress['valid']}")
+
+
+if __name__ == "__main__":
+    main()
