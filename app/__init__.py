@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from flask import Flask
 
@@ -33,6 +34,8 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
         OPENAPI_SWAGGER_UI_URL=docs.STATIC_URL,
+        # No call to the public spec validator: /docs stays offline and private.
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
         **flask_config,
     )
     logging.basicConfig(level=settings.log_level.upper())
@@ -53,6 +56,7 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
         cache=PredictionCache(redis_client, settings.key_prefix),
         sender=sender,
         popularity=PopularityCounter(settings.key_prefix, settings.popular_max, settings.popular_max_input_bytes),
+        waiters=threading.BoundedSemaphore(settings.max_waiters),
     )
 
     api = errors.FerryApi(app)

@@ -88,6 +88,8 @@ def api() -> None:
     _exec([
         _tool("gunicorn"), "--bind", f"{s.api_host}:{s.api_port}", "--workers", str(s.api_workers),
         "--worker-class", "gthread", "--threads", str(s.api_threads), "--log-level", s.log_level,
+        # One shared control socket per machine would let one instance steal another's.
+        "--no-control-socket",
         "app:create_app()",
     ])
 
@@ -101,7 +103,8 @@ def worker(queues: str | None, concurrency: int | None) -> None:
     _exec([
         _tool("celery"), "-A", "tasks.worker", "worker", "--loglevel", s.log_level,
         "--queues", queues or s.worker_queues, "--concurrency", str(concurrency or s.worker_concurrency),
-        "--hostname", f"ferry-{(queues or s.worker_queues).split(',')[0]}@%h",
+        # Unique per process: several workers per machine (one per GPU) each need a heartbeat.
+        "--hostname", f"ferry-{(queues or s.worker_queues).split(',')[0]}-{os.getpid()}@%h",
     ])
 
 

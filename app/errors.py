@@ -25,6 +25,7 @@ def error_body(error: HTTPException, message: str | None = None, errors=None) ->
 _MESSAGES = {
     400: "The request body is not valid JSON.",
     413: "The request body is larger than this server accepts ({limit} bytes).",
+    415: "Send the body as JSON, with `Content-Type: application/json`.",
     422: "The request body is invalid; `errors` says where.",
 }
 

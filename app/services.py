@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 from flask import current_app
 
@@ -22,6 +23,8 @@ class Services:
     cache: PredictionCache
     sender: TaskSender
     popularity: PopularityCounter
+    # Bounds the API threads that `Prefer: wait` may hold, so probes and submits still get one.
+    waiters: threading.BoundedSemaphore
 
 
 def services() -> Services:

@@ -10,7 +10,7 @@ import logging
 import time
 
 from batch_jobs import sources
-from models.base import checked_predict
+from models.base import checked_predict, encode_output
 from batch_jobs.store import CANCELED, FAILED, FINISHED, PLANNING, QUEUED, RUNNING, SUCCEEDED, BatchJobStore
 
 log = logging.getLogger(__name__)
@@ -143,17 +143,18 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
     return "done"
 
 
-def _predict_isolated(model, inputs: list[dict]) -> list[tuple[dict | None, str | None]]:
-    """One forward pass for the batch; if it fails, item by item, so one bad input fails alone."""
+def _predict_isolated(model, inputs: list[dict]) -> list[tuple[str | None, str | None]]:
+    """Encoded outputs from one forward pass for the batch; if it fails, item by item, so
+    that one bad input fails alone."""
     if len(inputs) > 1:
         try:
-            return [(output, None) for output in checked_predict(model, inputs)]
+            return [(encode_output(output), None) for output in checked_predict(model, inputs)]
         except Exception as exc:
             log.info("batch of %d failed (%s); retrying item by item", len(inputs), exc)
     results = []
     for item in inputs:
         try:
-            results.append((checked_predict(model, [item])[0], None))
+            results.append((encode_output(checked_predict(model, [item])[0]), None))
         except Exception as exc:
             results.append((None, f"{type(exc).__name__}: {exc}"))
     return results

@@ -1,6 +1,8 @@
 """The model interface: a model author writes `setup` and `predict`; the rest has defaults."""
 from __future__ import annotations
 
+import json
+
 
 class Model:
     """Base class for in-worker models.
@@ -37,3 +39,14 @@ def checked_predict(model: Model, inputs: list[dict]) -> list[dict]:
         if not isinstance(output, dict):
             raise TypeError(f"{name}.predict must return dicts, got {type(output).__name__}.")
     return outputs
+
+
+def encode_output(output: dict) -> str:
+    """One output as strict JSON; a numpy scalar, NaN or infinity fails here, loudly."""
+    try:
+        return json.dumps(output, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"The model's output is not plain JSON ({exc}). Hint: predict must return dicts of "
+            "str, int, float, bool, None, lists and dicts; call .tolist() on arrays and leave out NaN."
+        ) from None

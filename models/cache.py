@@ -35,7 +35,8 @@ class PredictionCache:
             raw = pipe.execute()[0]
         return None if raw is None else orjson.loads(raw)
 
-    def set(self, key: str, output: dict, ttl_s: int, *, pipe=None) -> None:
+    def set(self, key: str, encoded_output: str, ttl_s: int, *, pipe=None) -> None:
+        """Store an output already encoded by `models.base.encode_output`."""
         if ttl_s <= 0:
             return
-        (pipe or self.redis).set(key, orjson.dumps(output), ex=ttl_s)
+        (pipe or self.redis).set(key, encoded_output, ex=ttl_s)

@@ -5,37 +5,60 @@ import base64
 import binascii
 import io
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG"})
 MAX_PIXELS = 4096 * 4096
+# Models look at small images; decoding a large one at full size only costs memory.
+WORKING_SIZE = (512, 512)
 
 
 class ImageError(ValueError):
     """The value is not a usable base64 PNG or JPEG image."""
 
 
-def _strip_data_url(value: str) -> str:
-    # Browsers hand out canvas images as data URLs; accept them as they come.
+def _raw_bytes(value: str) -> bytes:
+    # Browsers hand out canvas images as data URLs, and `base64` wraps its lines: accept both.
     if value.startswith("data:"):
         _, _, value = value.partition(",")
-    return value
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError("Not valid base64.") from exc
+
+
+def _open_checked(raw: bytes, max_pixels: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError:
+        raise ImageError(f"The image is too large; at most {max_pixels} pixels are accepted.") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageError("Not a readable PNG or JPEG image.") from exc
+    if image.format not in ALLOWED_FORMATS:
+        raise ImageError(f"Unsupported image format {image.format}; send PNG or JPEG.")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(f"The image is {width}x{height}; at most {max_pixels} pixels are accepted.")
+    return image
+
+
+def check_image(value: str, max_pixels: int = MAX_PIXELS) -> None:
+    """Validate without decoding the pixels: format, size and file integrity only."""
+    image = _open_checked(_raw_bytes(value), max_pixels)
+    try:
+        image.verify()
+    except Exception as exc:
+        raise ImageError("The image file is damaged or truncated.") from exc
 
 
 def open_image(value: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode a base64 (or data URL) PNG/JPEG into a loaded Pillow image."""
+    """Decode a base64 (or data URL) PNG/JPEG, upright and at most WORKING_SIZE."""
+    image = _open_checked(_raw_bytes(value), max_pixels)
     try:
-        raw = base64.b64decode(_strip_data_url(value), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ImageError("Not valid base64.") from exc
-    try:
-        image = Image.open(io.BytesIO(raw))
-        if image.format not in ALLOWED_FORMATS:
-            raise ImageError(f"Unsupported image format {image.format}; send PNG or JPEG.")
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageError(f"Image is {width}x{height}; at most {max_pixels} pixels are accepted.")
+        image.draft("L", WORKING_SIZE)  # JPEG decodes at a reduced scale directly
+        image = ImageOps.exif_transpose(image)
+        image.thumbnail(WORKING_SIZE)
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise ImageError("Not a readable PNG or JPEG image.") from exc
+    except (OSError, ValueError) as exc:
+        raise ImageError("The image file is damaged or truncated.") from exc
     return image

@@ -6,14 +6,22 @@ import math
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from models.declaration import FieldSpec, ModelSpec
-from models.images import ImageError, open_image
+from models.images import ImageError, check_image
 
 
 def _image_validator(value: str) -> None:
     try:
-        open_image(value)
+        check_image(value)
     except ImageError as exc:
         raise ValidationError(str(exc)) from None
+
+
+def _valid_unicode(value: str) -> None:
+    # JSON can carry lone surrogates ("\ud800"), which no UTF-8 encoder accepts.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("Invalid Unicode: the text holds a lone surrogate.") from None
 
 
 def _range(spec: FieldSpec) -> list:
@@ -22,12 +30,30 @@ def _range(spec: FieldSpec) -> list:
     return [validate.Range(min=spec.min, max=spec.max)]
 
 
+class StrictFloat(fields.Float):
+    """A JSON number only: marshmallow's Float would also take "3.5" and true."""
+
+    def _validated(self, value):
+        if isinstance(value, (str, bool)):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only: marshmallow's Boolean would also take "yes" and 1."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 def _scalar(kind: str, validators: list) -> fields.Field:
     if kind == "string":
-        return fields.String(validate=validators)
+        return fields.String(validate=[_valid_unicode, *validators])
     if kind == "integer":
         return fields.Integer(strict=True, validate=validators)
-    return fields.Float(allow_nan=False, validate=validators)
+    return StrictFloat(allow_nan=False, validate=validators)
 
 
 class NumberArray(fields.Field):
@@ -73,7 +99,7 @@ def _length(spec: FieldSpec) -> list:
 
 def build_field(spec: FieldSpec) -> fields.Field:
     if spec.type == "boolean":
-        field = fields.Boolean()
+        field = StrictBoolean()
     elif spec.type == "image":
         field = fields.String(validate=_length(spec) + [_image_validator])
     elif spec.type == "array" and spec.items in ("number", "integer"):
@@ -124,7 +150,7 @@ def input_json_schema(spec: ModelSpec) -> dict:
         else:
             prop = {"type": _JSON_TYPES[field.type]}
             if field.type == "image":
-                prop.update(contentEncoding="base64", contentMediaType="image/png")
+                prop.update(contentEncoding="base64", description="A base64 PNG or JPEG (a data URL is accepted).")
             if field.type in ("string", "image"):
                 prop.update(_none_dropped(minLength=field.min_length, maxLength=field.max_length))
             _bounds(prop, field)

@@ -22,10 +22,16 @@ def live_queues(redis, prefix: str, max_age_s: float) -> set[str]:
     """Queues that at least one worker with a fresh heartbeat consumes."""
     now = time.time()
     queues: set[str] = set()
-    for raw in redis.hvals(workers_key(prefix)):
+    gone = []
+    for worker, raw in redis.hgetall(workers_key(prefix)).items():
         beat = json.loads(raw)
-        if now - beat["last_seen"] <= max_age_s:
+        age = now - beat["last_seen"]
+        if age <= max_age_s:
             queues.update(beat["queues"])
+        elif age > 60 * max_age_s:
+            gone.append(worker)  # a worker that died without saying goodbye
+    if gone:
+        redis.hdel(workers_key(prefix), *gone)
     return queues
 
 

@@ -6,9 +6,10 @@ import logging
 import time
 
 from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import task_failure
 
-from models.base import checked_predict
+from models.base import checked_predict, encode_output
 from models.registry import UnknownModel
 from tasks import records
 from tasks.celery_app import PREDICT_TASK
@@ -35,7 +36,7 @@ def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
         if spec.version != record["version"]:
             raise LookupError(f"version {record['version']} of model {spec.name} is no longer served")
         model = ctx.pool.get(spec)
-        output = checked_predict(model, [json.loads(record["input"])])[0]
+        encoded = encode_output(checked_predict(model, [json.loads(record["input"])])[0])
     except SoftTimeLimitExceeded:
         return _fail(ctx, prediction_id, f"Timed out after {spec.timeout_s:g} s.")
     except UnknownModel:
@@ -43,13 +44,8 @@ def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
     except Exception as exc:  # the model's own failure is the prediction's result
         log.exception("prediction %s failed", prediction_id)
         return _fail(ctx, prediction_id, f"{type(exc).__name__}: {exc}")
-    pipe = ctx.redis.pipeline(transaction=False)
-    ctx.cache.set(record["cache_key"], output, spec.cache_ttl_s, pipe=pipe)
-    pipe.execute()
-    ctx.store.update(
-        prediction_id, records.SUCCEEDED,
-        output=json.dumps(output, separators=(",", ":")), finished_at=repr(time.time()),
-    )
+    ctx.cache.set(record["cache_key"], encoded, spec.cache_ttl_s)
+    ctx.store.update(prediction_id, records.SUCCEEDED, output=encoded, finished_at=repr(time.time()))
     return records.SUCCEEDED
 
 
@@ -61,3 +57,13 @@ def _fail(ctx: WorkerContext, prediction_id: str, message: str) -> str:
 @shared_task(name=PREDICT_TASK, ignore_result=True)
 def predict(prediction_id: str) -> str:
     return run_prediction(prediction_id, current())
+
+
+@task_failure.connect(sender=predict)
+def _hard_time_limit(sender=None, task_id=None, exception=None, args=None, **kwargs):
+    """The worker killed a process past its hard limit: nothing in it can record that."""
+    if isinstance(exception, TimeLimitExceeded) and args:
+        ctx = current()
+        record = ctx.store.get(args[0])
+        if record is not None and record["status"] not in records.TERMINAL:
+            _fail(ctx, args[0], f"Timed out: stopped after {exception.args[0]:g} s.")

@@ -70,8 +70,9 @@ class PredictionStore:
         """The record once it is terminal, or as it stands when `timeout_s` runs out."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
-            # Subscribe before reading, so a change between the two is not missed.
+            # Subscribe, and see it confirmed, before reading: a change in between is not missed.
             pubsub.subscribe(self.channel(prediction_id))
+            pubsub.get_message(timeout=min(timeout_s, 1.0))
             record = self.get(prediction_id)
             deadline = time.monotonic() + timeout_s
             while record is not None and record["status"] not in TERMINAL:
@@ -81,7 +82,7 @@ class PredictionStore:
                 message = pubsub.get_message(timeout=remaining)
                 if message is not None and _text(message["data"]) in TERMINAL:
                     record = self.get(prediction_id)
-            return record
+            return self.get(prediction_id) if record and record["status"] not in TERMINAL else record
         finally:
             pubsub.close()
 

@@ -22,6 +22,8 @@ class Settings:
     prediction_ttl_s: int = 24 * 3600
     # Upper bound on `Prefer: wait=N`; a held request ties up an API thread.
     max_wait_s: float = 30.0
+    # Requests per API process that may wait at once; past it, `Prefer: wait` gets 202 at once.
+    max_waiters: int = 4
     redis_timeout_s: float = 2.0
     retry_after_s: int = 5
     # Workers heartbeat at this interval; readiness trusts a beat twice as old.

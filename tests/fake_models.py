@@ -54,3 +54,10 @@ class SlowEach(Model):
     def predict(self, batch: list[dict]) -> list[dict]:
         time.sleep(self.seconds * len(batch))
         return [{"double": item["x"] * 2} for item in batch]
+
+
+class NotJson(Model):
+    """Returns what JSON cannot carry: a NaN, or an object."""
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        return [{"score": float("nan") if item["x"] > 0 else object()} for item in batch]

@@ -5,7 +5,9 @@ import json
 
 from flask import Response, stream_with_context, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
+
+from app.parsing import Blueprint
 
 from app.auth import require_admin
 from app.resources.predictions import timestamp

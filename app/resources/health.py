@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from app.parsing import Blueprint
 
 from app.schemas import HealthSchema
 from app.services import services

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
+
+from app.parsing import Blueprint
 
 from app.schemas import ModelSchema
 from app.services import services

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import json
 import re
+
+import redis
 from datetime import datetime, timezone
 
 from flask import request, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
+
+from app.parsing import Blueprint
 from marshmallow import ValidationError
 
 from app.resources.models import spec_or_404
@@ -54,6 +58,14 @@ def view(record: dict) -> dict:
     }
 
 
+@blp.before_request
+def _unknown_model_first():
+    # An unknown model is 404 whatever the body, so check it before the body is parsed.
+    name = (request.view_args or {}).get("name")
+    if name is not None:
+        spec_or_404(name)
+
+
 @blp.route("/models/<name>/predictions")
 class Submissions(MethodView):
     @blp.arguments(SubmitSchema)
@@ -89,10 +101,17 @@ class Submissions(MethodView):
             raise
         location = url_for("predictions.PredictionById", prediction_id=record["id"])
         wait_s = prefer_wait(ferry.settings.max_wait_s)
-        if wait_s:
-            finished = ferry.store.wait(record["id"], wait_s)
-            if finished is not None and finished["status"] in records.TERMINAL:
-                return view(finished), 200, {"Location": location, "Preference-Applied": f"wait={wait_s:g}"}
+        if wait_s and ferry.waiters.acquire(blocking=False):
+            try:
+                record = ferry.store.wait(record["id"], wait_s) or record
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass  # the prediction is accepted and queued: answer 202, never 503, from here on
+            finally:
+                ferry.waiters.release()
+            headers = {"Location": location, "Preference-Applied": f"wait={wait_s:g}"}
+            if record["status"] in records.TERMINAL:
+                return view(record), 200, headers
+            return view(record), 202, headers
         return view(record), 202, {"Location": location}
 
 

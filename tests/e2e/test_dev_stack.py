@@ -20,7 +20,8 @@ def stack(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("ferry-data")
     api_port, flower_port = free_port(), free_port()
     env = ferry_env(api_port=api_port, flower_port=flower_port, embedded_redis_port=free_port(),
-                    data_dir=data_dir, flower_password="e2e-secret", worker_concurrency=1, api_workers=1)
+                    data_dir=data_dir, flower_password="e2e-secret", admin_key="e2e-admin", worker_concurrency=1,
+                    api_workers=1)
     log_path = data_dir / "dev.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen([str(BIN / "ferry"), "dev"], cwd=ROOT, env=env, stdout=log,
@@ -29,7 +30,7 @@ def stack(tmp_path_factory):
     try:
         wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).status_code == 200, 120,
                  "ferry dev", proc)
-        yield {"api": base, "flower": f"http://127.0.0.1:{flower_port}", "log": log_path}
+        yield {"api": base, "flower": f"http://127.0.0.1:{flower_port}", "log": log_path, "data": data_dir}
     except Exception:
         print(log_path.read_text(errors="replace")[-5000:])
         raise
@@ -100,3 +101,24 @@ def test_docs_and_flower_behind_auth(stack):
     assert requests.get(f"{stack['api']}/openapi.json", timeout=10).json()["info"]["title"] == "Ferry"
     wait_for(lambda: requests.get(stack["flower"], timeout=2).status_code == 401, 60, "flower")
     assert requests.get(stack["flower"], auth=("ferry", "e2e-secret"), timeout=10).status_code == 200
+
+
+def test_batch_job_over_http_then_cache_hits(stack):
+    admin = {"Authorization": "Bearer e2e-admin"}
+    texts = [f"nightly sentence {i}" for i in range(30)]
+    inputs = stack["data"] / "batch-inputs"
+    inputs.mkdir(exist_ok=True)
+    (inputs / "nightly.jsonl").write_text("".join(f'{{"text": "{text}"}}\n' for text in texts) + "oops\n")
+    assert requests.post(f"{stack['api']}/batch-jobs", json={}, timeout=10).status_code == 401
+    created = requests.post(f"{stack['api']}/batch-jobs", headers=admin, timeout=10,
+                            json={"model": "minilm", "source": {"type": "jsonl", "path": "nightly.jsonl"}})
+    assert created.status_code == 202, created.text
+    url = stack["api"] + created.headers["Location"]
+    job = wait_for(lambda: (lambda body: body if body["status"] == "succeeded" else None)(
+        requests.get(url, headers=admin, timeout=5).json()), 120, "batch job")
+    assert (job["progress"]["done"], job["progress"]["invalid"]) == (30, 1)
+    assert job["errors"][0]["line"] == 31
+    hit = requests.post(f"{stack['api']}/models/minilm/predictions", json={"input": {"text": texts[3]}}, timeout=10)
+    assert hit.status_code == 200 and hit.json()["cached"] is True
+    results = requests.get(url + "/results", headers=admin, timeout=10).text.splitlines()
+    assert len(results) == 30

@@ -7,6 +7,8 @@ import threading
 import fakeredis
 import pytest
 
+from models.base import encode_output
+
 from app import create_app
 from tasks import records
 from tasks.senders import RecordingSender
@@ -51,7 +53,7 @@ def test_submit_queues_and_answers_202_with_location(client, sender, fake_redis)
 def test_cache_hit_answers_200_without_queueing(app, client, sender):
     ferry = app.extensions["ferry"]
     validated = ferry.registry.input_schema("minilm").load({"text": "hello"})
-    ferry.cache.set(ferry.cache.key("minilm", "1.0.0", validated), {"embedding": [0.5]}, ttl_s=60)
+    ferry.cache.set(ferry.cache.key("minilm", "1.0.0", validated), encode_output({"embedding": [0.5]}), ttl_s=60)
     # Same input spelled differently: defaults written out, so the canonical form matches.
     response = client.post("/models/minilm/predictions", json={"input": {"normalize": True, "text": "hello"}})
     assert response.status_code == 200
@@ -61,7 +63,7 @@ def test_cache_hit_answers_200_without_queueing(app, client, sender):
 
 def test_other_version_in_cache_is_not_served(app, client, sender):
     ferry = app.extensions["ferry"]
-    ferry.cache.set(ferry.cache.key("minilm", "0.9.0", {"text": "hi", "normalize": True}), {"embedding": [1]}, 60)
+    ferry.cache.set(ferry.cache.key("minilm", "0.9.0", {"text": "hi", "normalize": True}), encode_output({"embedding": [1]}), 60)
     assert client.post("/models/minilm/predictions", json={"input": {"text": "hi"}}).status_code == 202
 
 
@@ -201,3 +203,66 @@ def test_api_process_never_imports_torch():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("data, content_type, status", [
+    ('{"input": {"text": "hi"}}', "application/x-www-form-urlencoded", 415),
+    ('{"input": {"text": "hi"}}', "text/plain", 415),
+    ('{"input": {"pixels": [1' + "0" * 5000 + "]}}", "application/json", 400),
+    ('{"input": ' + "[" * 100000 + "]" * 100000 + "}", "application/json", 400),
+    ('[1, 2]', "application/json", 422),
+    ('null', "application/json", 422),
+])
+def test_malformed_bodies_are_4xx_never_500(client, data, content_type, status):
+    response = client.post("/models/digits/predictions", data=data, content_type=content_type)
+    assert response.status_code == status, response.json
+    assert set(response.json) == {"code", "status", "message", "errors"}
+
+
+@pytest.mark.parametrize("text_input, field", [
+    ({"text": "\ud800"}, "text"),
+    ({"text": "hi", "normalize": "yes"}, "normalize"),
+    ({"text": "hi", "normalize": 1}, "normalize"),
+])
+def test_strict_field_types(client, text_input, field):
+    response = client.post("/models/minilm/predictions", json={"input": text_input})
+    assert response.status_code == 422
+    assert field in response.json["errors"]["json"]["input"]
+
+
+def test_number_strings_are_not_numbers(client):
+    response = client.post("/models/digits/predictions", json={"input": {"pixels": ["3"] * 64}})
+    assert response.status_code == 422
+
+
+def test_unknown_model_is_404_even_with_a_bad_body(client):
+    assert client.post("/models/nope/predictions", data="[]", content_type="application/json").status_code == 404
+
+
+def test_prefer_wait_is_bounded_per_process(app, client):
+    waiters = app.extensions["ferry"].waiters
+    held = [waiters.acquire(blocking=False) for _ in range(4)]
+    assert all(held)
+    try:
+        response = client.post("/models/digits/predictions", json={"input": {"pixels": PIXELS}},
+                               headers={"Prefer": "wait=30"})
+        assert response.status_code == 202  # at once: every waiting slot is taken
+    finally:
+        for _ in held:
+            waiters.release()
+
+
+def test_redis_lost_during_a_wait_still_answers_202(app, client, monkeypatch):
+    import redis as redis_lib
+
+    def broken_wait(*args, **kwargs):
+        raise redis_lib.ConnectionError("gone")
+
+    monkeypatch.setattr(app.extensions["ferry"].store, "wait", broken_wait)
+    response = client.post("/models/digits/predictions", json={"input": {"pixels": PIXELS}},
+                           headers={"Prefer": "wait=5"})
+    assert response.status_code == 202 and response.headers["Location"].startswith("/predictions/")
+
+
+def test_swagger_ui_calls_no_outside_validator(client):
+    assert b'"validatorUrl": null' in client.get("/docs").data

@@ -3,6 +3,8 @@ import json
 
 import pytest
 
+from models.base import encode_output
+
 from batch_jobs import runner, sources
 from batch_jobs.store import BatchJobStore
 from models.declaration import parse_repository
@@ -234,7 +236,7 @@ def test_results_stream_as_json_lines(admin_app, fake_redis, inputs_dir):
     write_jsonl(inputs_dir / "m.jsonl", [{"text": "a"}, {"text": "b"}])
     job = runner.create_job(ferry, model="minilm", source={"type": "jsonl", "path": "m.jsonl"})
     runner.plan_job(job["id"], ferry, lambda *_: None)
-    ferry.cache.set(ferry.cache.key("minilm", "1.0.0", {"text": "a", "normalize": True}), {"embedding": [1]}, 60)
+    ferry.cache.set(ferry.cache.key("minilm", "1.0.0", {"text": "a", "normalize": True}), encode_output({"embedding": [1]}), 60)
     response = admin_app.test_client().get(f"/batch-jobs/{job['id']}/results", headers=ADMIN)
     assert response.mimetype == "application/x-ndjson"
     lines = [json.loads(line) for line in response.get_data(as_text=True).splitlines()]

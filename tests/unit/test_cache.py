@@ -33,7 +33,7 @@ def test_integer_and_float_pixels_share_a_key(fake_redis):
 
 def test_set_get_and_ttl(fake_redis):
     cache = PredictionCache(fake_redis)
-    cache.set("ferry:cache:m:1:x", {"label": 3}, ttl_s=60)
+    cache.set("ferry:cache:m:1:x", '{"label":3}', ttl_s=60)
     assert cache.get("ferry:cache:m:1:x") == {"label": 3}
     assert 0 < fake_redis.ttl("ferry:cache:m:1:x") <= 60
     assert cache.get("ferry:cache:m:1:missing") is None
@@ -41,5 +41,5 @@ def test_set_get_and_ttl(fake_redis):
 
 def test_zero_ttl_disables_caching(fake_redis):
     cache = PredictionCache(fake_redis)
-    cache.set("ferry:cache:m:1:x", {"label": 3}, ttl_s=0)
+    cache.set("ferry:cache:m:1:x", '{"label":3}', ttl_s=0)
     assert cache.get("ferry:cache:m:1:x") is None

@@ -85,3 +85,27 @@ def test_status_changes_are_published(ctx, fake_redis):
     messages = (pubsub.get_message(timeout=0.05) for _ in range(5))
     seen = [message["data"] for message in messages if message is not None]
     assert seen == ["running", "succeeded"]
+
+
+@pytest.mark.parametrize("x, complaint", [(1.0, "Out of range float values"), (-1.0, "not JSON serializable")])
+def test_outputs_that_are_not_plain_json_fail_with_a_hint(fake_redis, x, complaint):
+    specs = parse_repository({"models": [declaration("notjson", "NotJson")]})
+    ctx = WorkerContext.build(Settings(redis_url="redis://unused:1/0"), fake_redis, Registry(specs))
+    record = submit(ctx, model="notjson", x=x)
+    assert run_prediction(record["id"], ctx) == records.FAILED
+    error = ctx.store.get(record["id"])["error"]
+    assert complaint in error and "Hint: predict must return dicts of" in error
+    assert ctx.cache.get(record["cache_key"]) is None
+
+
+def test_hard_time_limit_marks_the_prediction_failed(ctx, monkeypatch):
+    from celery.exceptions import TimeLimitExceeded
+
+    import tasks.predict as predict_module
+
+    record = submit(ctx)
+    ctx.store.update(record["id"], records.RUNNING, started_at="1.0")
+    monkeypatch.setattr(predict_module, "current", lambda: ctx)
+    predict_module._hard_time_limit(task_id="t", exception=TimeLimitExceeded(31.0), args=[record["id"]])
+    stored = ctx.store.get(record["id"])
+    assert stored["status"] == "failed" and stored["error"] == "Timed out: stopped after 31 s."
