@@ -52,7 +52,8 @@ def jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
 
 
 def csv_rows(path: Path, spec: ModelSpec) -> Iterator[tuple[int, object]]:
-    """CSV cells are text: numbers and integers are parsed, arrays are JSON, empty cells are absent."""
+    """CSV cells are text: numbers are parsed, booleans are true/false, arrays are JSON, and
+    empty cells are absent (so defaults apply)."""
     kinds = {field.name: field.type for field in spec.inputs}
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
@@ -72,6 +73,11 @@ def _cell(kind: str | None, value: str):
         return float(value)
     if kind == "array":
         return json.loads(value)
+    if kind == "boolean":
+        lowered = value.strip().lower()
+        if lowered not in ("true", "false"):
+            raise ValueError(f"{value!r} is not a boolean; write true or false.")
+        return lowered == "true"
     return value
 
 

@@ -82,6 +82,17 @@ def test_csv_cells_are_typed_from_the_declaration(ctx, inputs_dir):
     assert store.errors(job["id"])[0]["line"] == 3
 
 
+def test_csv_booleans_are_words(ctx, inputs_dir, fake_redis):
+    from batch_jobs.sources import csv_rows
+    from models.declaration import parse_repository as parse
+
+    spec = parse({"models": [declaration("b", "Echo", inputs={"flag": {"type": "boolean"}})]})[0]
+    (inputs_dir / "b.csv").write_text("flag\ntrue\nFALSE\nyes\n")
+    rows = list(csv_rows(inputs_dir / "b.csv", spec))
+    assert [row for _, row in rows[:2]] == [{"flag": True}, {"flag": False}]
+    assert "not a boolean" in rows[2][1].message
+
+
 def test_chunks_run_twice_are_counted_once(ctx, inputs_dir):
     write_jsonl(inputs_dir / "in.jsonl", [{"x": i} for i in range(10)])
     job = runner.create_job(ctx, model="echo", source={"type": "jsonl", "path": "in.jsonl"})
