@@ -58,9 +58,9 @@ def run(model, source, top_n, chunk_size, batch_size, cache_ttl_s, local) -> Non
         job = runner.create_job(ctx, model=model, source=described, chunk_size=chunk_size, batch_size=batch_size,
                                 cache_ttl_s=cache_ttl_s, origin="cli", confined=False)
     except SourceError as exc:
-        raise click.UsageError(str(exc))
+        raise click.UsageError(str(exc)) from None
     except KeyError:
-        raise click.UsageError(f"No model named {model!r}.")
+        raise click.UsageError(f"No model named {model!r}.") from None
     click.echo(f"batch job {job['id']} ({model}, {source})")
     if local:
         pending: list[int] = []
@@ -99,7 +99,7 @@ def _follow(ctx, job_id: str) -> None:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             click.echo(f"\nStopped following; the job runs on. `ferry batch cancel {job_id}` cancels it.")
-            raise SystemExit(130)
+            raise SystemExit(130) from None
 
 
 def _summary(ctx, job_id: str) -> None:

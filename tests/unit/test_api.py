@@ -4,7 +4,6 @@ import subprocess
 import sys
 import threading
 
-import fakeredis
 import pytest
 
 from models.base import encode_output

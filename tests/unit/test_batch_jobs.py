@@ -6,7 +6,6 @@ import pytest
 from models.base import encode_output
 
 from batch_jobs import runner, sources
-from batch_jobs.store import BatchJobStore
 from models.declaration import parse_repository
 from models.registry import Registry
 from tasks.context import WorkerContext
