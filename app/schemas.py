@@ -1,6 +1,7 @@
 """Marshmallow schemas of the API's request and response bodies."""
 from __future__ import annotations
 
+from flask_smorest.error_handler import ErrorSchema  # noqa: F401  (code, status, message, errors)
 from marshmallow import RAISE, Schema, fields, validate
 
 
@@ -88,3 +89,4 @@ class BatchJobSchema(Schema):
     created_at = fields.DateTime(allow_none=True)
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
+

@@ -11,7 +11,7 @@ from app.parsing import Blueprint
 
 from app.auth import require_admin
 from app.resources.predictions import timestamp
-from app.schemas import BatchJobCreateSchema, BatchJobSchema
+from app.schemas import ErrorSchema, BatchJobCreateSchema, BatchJobSchema
 from app.services import services
 from batch_jobs import runner
 from batch_jobs.sources import SourceError
@@ -54,7 +54,7 @@ class BatchJobs(MethodView):
 
     @blp.arguments(BatchJobCreateSchema)
     @blp.response(202, BatchJobSchema, headers={"Location": {"schema": {"type": "string"}}})
-    @blp.alt_response(422, description="Unknown model or unusable source.")
+    @blp.alt_response(422, schema=ErrorSchema, description="Unknown model or unusable source.")
     def post(self, body: dict):
         """Start a batch job; it is planned and run on the batch queue."""
         ferry = services()
@@ -78,7 +78,7 @@ class BatchJobById(MethodView):
         return view(job_or_404(job_id))
 
     @blp.response(202, BatchJobSchema)
-    @blp.alt_response(409, description="The job has already finished.")
+    @blp.alt_response(409, schema=ErrorSchema, description="The job has already finished.")
     def delete(self, job_id: str):
         """Cancel a job: chunks not started are skipped, running ones stop at their next batch."""
         job = job_or_404(job_id)

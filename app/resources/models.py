@@ -6,7 +6,7 @@ from flask_smorest import abort
 
 from app.parsing import Blueprint
 
-from app.schemas import ModelSchema
+from app.schemas import ErrorSchema, ModelSchema
 from app.services import services
 from models.declaration import ModelSpec
 from models.registry import UnknownModel
@@ -49,6 +49,7 @@ class Models(MethodView):
 @blp.route("/<name>")
 class ModelByName(MethodView):
     @blp.response(200, ModelSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such model.")
     def get(self, name: str):
         """Describe one model: version, input schema, metrics and training arguments."""
         return describe(spec_or_404(name))

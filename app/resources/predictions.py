@@ -15,7 +15,7 @@ from app.parsing import Blueprint
 from marshmallow import ValidationError
 
 from app.resources.models import spec_or_404
-from app.schemas import PredictionSchema, SubmitSchema
+from app.schemas import ErrorSchema, PredictionSchema, SubmitSchema
 from app.services import services
 from tasks import records
 
@@ -72,9 +72,14 @@ class Submissions(MethodView):
     @blp.response(202, PredictionSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(200, schema=PredictionSchema,
                       description="Answered from the cache, or finished within `Prefer: wait=N`.")
-    @blp.alt_response(404, description="No such model.")
-    @blp.alt_response(422, description="The input does not match the model's declaration.")
-    @blp.alt_response(503, description="Redis is unreachable; retry after `Retry-After` seconds.")
+    @blp.alt_response(404, schema=ErrorSchema, description="No such model.")
+    @blp.alt_response(422, schema=ErrorSchema, description="The input does not match the model's declaration.")
+    @blp.alt_response(400, schema=ErrorSchema, description="The body is not valid JSON.")
+    @blp.alt_response(413, schema=ErrorSchema, description="The body is larger than the configured limit.")
+    @blp.alt_response(415, schema=ErrorSchema, description="The body is not sent as application/json.")
+    @blp.alt_response(503, schema=ErrorSchema, description="Redis is unreachable; retry after `Retry-After` seconds.")
+    @blp.doc(parameters=[{"in": "header", "name": "Prefer", "required": False, "schema": {"type": "string"},
+                          "description": "`wait=N` (RFC 7240): wait up to N seconds for the result."}])
     def post(self, body: dict, name: str):
         """Submit a prediction. A cached input answers 200 at once; otherwise 202 and a Location to poll."""
         ferry = services()
@@ -118,7 +123,7 @@ class Submissions(MethodView):
 @blp.route("/predictions/<prediction_id>")
 class PredictionById(MethodView):
     @blp.response(200, PredictionSchema)
-    @blp.alt_response(404, description="No prediction with this id (never issued, or expired).")
+    @blp.alt_response(404, schema=ErrorSchema, description="No prediction with this id (never issued, or expired).")
     def get(self, prediction_id: str):
         """A prediction's status, output or error, and timings."""
         record = services().store.get(prediction_id) if records.is_prediction_id(prediction_id) else None

@@ -109,3 +109,11 @@ def test_hard_time_limit_marks_the_prediction_failed(ctx, monkeypatch):
     predict_module._hard_time_limit(task_id="t", exception=TimeLimitExceeded(31.0), args=[record["id"]])
     stored = ctx.store.get(record["id"])
     assert stored["status"] == "failed" and stored["error"] == "Timed out: stopped after 31 s."
+
+
+def test_worker_start_names_models_whose_module_is_missing():
+    from tasks.startup import missing_entrypoints
+
+    specs = parse_repository({"models": [declaration("echo", "Echo"),
+                                         {**declaration("ghost", "Echo"), "entrypoint": "nowhere.at_all:Ghost"}]})
+    assert missing_entrypoints(Registry(specs)) == ["ghost (nowhere.at_all:Ghost)"]
