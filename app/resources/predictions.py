@@ -104,20 +104,17 @@ class Submissions(MethodView):
             # Never leave a record behind for a task that was not queued.
             ferry.store.delete(record["id"])
             raise
-        location = url_for("predictions.PredictionById", prediction_id=record["id"])
+        headers = {"Location": url_for("predictions.PredictionById", prediction_id=record["id"])}
         wait_s = prefer_wait(ferry.settings.max_wait_s)
         if wait_s and ferry.waiters.acquire(blocking=False):
+            headers["Preference-Applied"] = f"wait={wait_s:g}"
             try:
                 record = ferry.store.wait(record["id"], wait_s) or record
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # the prediction is accepted and queued: answer 202, never 503, from here on
             finally:
                 ferry.waiters.release()
-            headers = {"Location": location, "Preference-Applied": f"wait={wait_s:g}"}
-            if record["status"] in records.TERMINAL:
-                return view(record), 200, headers
-            return view(record), 202, headers
-        return view(record), 202, {"Location": location}
+        return view(record), 200 if record["status"] in records.TERMINAL else 202, headers
 
 
 @blp.route("/predictions/<prediction_id>")
