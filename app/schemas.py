@@ -29,6 +29,7 @@ class PredictionSchema(Schema):
     output = fields.Dict(allow_none=True)
     error = fields.String(allow_none=True)
     timings = fields.Nested(TimingsSchema, allow_none=True)
+    batch_size = fields.Integer(allow_none=True, metadata={"description": "Inputs in the forward pass it ran in."})
 
 
 class ModelSchema(Schema):

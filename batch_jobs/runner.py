@@ -10,7 +10,7 @@ import logging
 import time
 
 from batch_jobs import sources
-from models.base import checked_predict, encode_output
+from models.base import predict_isolated
 from batch_jobs.store import CANCELED, FAILED, FINISHED, PLANNING, QUEUED, RUNNING, SUCCEEDED, BatchJobStore
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
         if start and store.get(job_id).get("status") == CANCELED:
             return CANCELED
         batch = items[start:start + batch_size]
-        for (line, item), (output, error) in zip(batch, _predict_isolated(model, [item for _, item in batch])):
+        for (line, item), (output, error) in zip(batch, predict_isolated(model, [item for _, item in batch])):
             if error is None:
                 ctx.cache.set(ctx.cache.key(spec.name, spec.version, item), output, ttl, pipe=pipe)
                 ok += 1
@@ -141,23 +141,6 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
     if store.finish_chunk(job_id, number, ok, failed):
         _finish_if_complete(store, job_id)
     return "done"
-
-
-def _predict_isolated(model, inputs: list[dict]) -> list[tuple[str | None, str | None]]:
-    """Encoded outputs from one forward pass for the batch; if it fails, item by item, so
-    that one bad input fails alone."""
-    if len(inputs) > 1:
-        try:
-            return [(encode_output(output), None) for output in checked_predict(model, inputs)]
-        except Exception as exc:
-            log.info("batch of %d failed (%s); retrying item by item", len(inputs), exc)
-    results = []
-    for item in inputs:
-        try:
-            results.append((encode_output(checked_predict(model, [item])[0]), None))
-        except Exception as exc:
-            results.append((None, f"{type(exc).__name__}: {exc}"))
-    return results
 
 
 def _finish_if_complete(store: BatchJobStore, job_id: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 from celery.schedules import crontab
 
-from tasks.celery_app import BATCH_NIGHTLY_TASK, BATCH_QUEUE, BATCH_WATCHDOG_TASK
+from tasks.celery_app import BATCH_NIGHTLY_TASK, BATCH_QUEUE, BATCH_WATCHDOG_TASK, SWEEP_TASK
 
 JOB_OPTIONS = ("model", "source", "chunk_size", "batch_size", "cache_ttl_s")
 
@@ -34,6 +34,9 @@ def beat_schedule(settings) -> dict:
     schedule = {
         "batch-watchdog": {"task": BATCH_WATCHDOG_TASK, "schedule": settings.batch_watchdog_s,
                            "options": {"queue": BATCH_QUEUE}},
+        # Re-sends predictions whose worker died mid-batch; runs on the real-time workers.
+        "prediction-sweeper": {"task": SWEEP_TASK, "schedule": settings.sweep_s,
+                               "options": {"queue": "realtime-cpu", "expires": settings.sweep_s}},
     }
     for name, entry in load_nightly(settings).items():
         minute, hour, day_of_month, month_of_year, day_of_week = entry["crontab"].split()

@@ -50,3 +50,25 @@ def encode_output(output: dict) -> str:
             f"The model's output is not plain JSON ({exc}). Hint: predict must return dicts of "
             "str, int, float, bool, None, lists and dicts; call .tolist() on arrays and leave out NaN."
         ) from None
+
+
+def predict_isolated(model: Model, inputs: list[dict], fatal: tuple = ()) -> list[tuple[str | None, str | None]]:
+    """`(encoded output, None)` or `(None, error)` per input: one forward pass for the
+    batch, and if that fails, item by item, so that one bad input fails alone. Exceptions
+    in `fatal` (a time limit, say) are not retried item by item."""
+    if len(inputs) > 1:
+        try:
+            return [(encode_output(output), None) for output in checked_predict(model, inputs)]
+        except fatal:
+            raise
+        except Exception:
+            pass
+    results: list[tuple[str | None, str | None]] = []
+    for item in inputs:
+        try:
+            results.append((encode_output(checked_predict(model, [item])[0]), None))
+        except fatal:
+            raise
+        except Exception as exc:
+            results.append((None, f"{type(exc).__name__}: {exc}"))
+    return results

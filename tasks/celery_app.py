@@ -6,6 +6,7 @@ from celery import Celery
 from tasks.settings import Settings
 
 PREDICT_TASK = "ferry.predict"
+SWEEP_TASK = "ferry.predict.sweep"
 BATCH_PLAN_TASK = "ferry.batch.plan"
 BATCH_CHUNK_TASK = "ferry.batch.chunk"
 BATCH_NIGHTLY_TASK = "ferry.batch.nightly"

@@ -1,57 +1,146 @@
-"""The predict task: thin wrapper around `run_prediction`, which tests call directly."""
+"""The predict task, with dynamic batching.
+
+A task is one prediction's Celery message. The process that runs it claims that
+prediction, fills a batch with other predictions queued for the same model (up to the
+model's `max_batch_size`, waiting at most `max_wait_ms` for more when some are already
+queued) and runs them as one forward pass. Every prediction keeps its own record, status
+and error. The logic lives in `run_prediction`, which tests call directly.
+"""
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 
-from celery import shared_task
+from celery import current_app, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure
 
-from models.base import checked_predict, encode_output
+from models.base import predict_isolated
+from models.declaration import ModelSpec
 from models.registry import UnknownModel
 from tasks import records
-from tasks.celery_app import PREDICT_TASK
+from tasks.celery_app import PREDICT_TASK, SWEEP_TASK
 from tasks.context import WorkerContext, current
 
 log = logging.getLogger(__name__)
+# A prediction whose worker died this many times fails instead of killing another one.
+MAX_ATTEMPTS = 3
+_POLL_S = 0.001
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
-    """Run one prediction and record the outcome; returns the final status.
-
-    Safe to run twice for the same id (at-least-once delivery): a finished record is
-    left as it is.
-    """
+    """Run `prediction_id` (in a batch, when others wait for the same model); returns its
+    status. Safe to run twice for the same id: a finished or claimed one is left alone."""
     record = ctx.store.get(prediction_id)
     if record is None:
         log.warning("prediction %s has no record (expired or never issued); skipped", prediction_id)
         return "missing"
     if record["status"] in records.TERMINAL:
         return record["status"]
-    ctx.store.update(prediction_id, records.RUNNING, started_at=repr(time.time()))
     try:
         spec = ctx.registry.get(record["model"])
-        if spec.version != record["version"]:
-            raise LookupError(f"version {record['version']} of model {spec.name} is no longer served")
-        model = ctx.pool.get(spec)
-        encoded = encode_output(checked_predict(model, [json.loads(record["input"])])[0])
-    except SoftTimeLimitExceeded:
-        return _fail(ctx, prediction_id, f"Timed out after {spec.timeout_s:g} s.")
     except UnknownModel:
         return _fail(ctx, prediction_id, f"Model {record['model']!r} is not served any more.")
-    except Exception as exc:  # the model's own failure is the prediction's result
-        log.exception("prediction %s failed", prediction_id)
-        return _fail(ctx, prediction_id, f"{type(exc).__name__}: {exc}")
-    ctx.cache.set(record["cache_key"], encoded, spec.cache_ttl_s)
-    ctx.store.update(prediction_id, records.SUCCEEDED, output=encoded, finished_at=repr(time.time()))
-    return records.SUCCEEDED
+    if not ctx.store.claim([prediction_id], worker_name(), _claim_ttl(spec)):
+        return "claimed elsewhere"
+    batch = [record] + _gather(ctx, spec, prediction_id)
+    return _run_batch(ctx, spec, batch)[prediction_id]
+
+
+def _claim_ttl(spec: ModelSpec) -> float:
+    # Longer than the hard time limit, so a live batch never loses its claim.
+    return spec.timeout_s + 60
+
+
+def _gather(ctx: WorkerContext, spec: ModelSpec, own_id: str) -> list[dict]:
+    """Other queued predictions for this model: as many as are waiting, up to the batch
+    size; if some were waiting but not a full batch, wait up to max_wait_ms for more."""
+    room = spec.max_batch_size - 1
+    ids = ctx.store.pop_pending(spec.name, spec.version, room, taken=own_id)
+    if ids and len(ids) < room and spec.max_wait_ms:
+        deadline = time.monotonic() + spec.max_wait_ms / 1000
+        while len(ids) < room and time.monotonic() < deadline:
+            more = ctx.store.pop_pending(spec.name, spec.version, room - len(ids))
+            ids += more
+            if not more:
+                time.sleep(_POLL_S)
+    claimed = ctx.store.claim(ids, worker_name(), _claim_ttl(spec))
+    batch, stale = [], []
+    for prediction_id, record in zip(claimed, ctx.store.get_many(claimed)):
+        if record is None or record["status"] in records.TERMINAL or record["version"] != spec.version:
+            stale.append(prediction_id)
+        else:
+            batch.append(record)
+    ctx.store.release(stale)
+    return batch
+
+
+def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[str, str]:
+    ids = [record["id"] for record in batch]
+    started = repr(time.time())
+    pipe = ctx.redis.pipeline(transaction=False)
+    for prediction_id in ids:
+        ctx.store.update(prediction_id, records.RUNNING, pipe=pipe, started_at=started, batch_size=len(ids))
+    pipe.execute()
+    outcomes: list[tuple[str | None, str | None]]
+    try:
+        if batch[0]["version"] != spec.version:
+            raise LookupError(f"version {batch[0]['version']} of model {spec.name} is no longer served")
+        model = ctx.pool.get(spec)
+        outcomes = predict_isolated(model, [json.loads(record["input"]) for record in batch],
+                                    fatal=(SoftTimeLimitExceeded,))
+    except SoftTimeLimitExceeded:
+        outcomes = [(None, f"Timed out after {spec.timeout_s:g} s.")] * len(batch)
+    except Exception as exc:  # loading the model failed: every prediction in the batch says why
+        log.exception("model %s could not run", spec.name)
+        outcomes = [(None, f"{type(exc).__name__}: {exc}")] * len(batch)
+    finished = repr(time.time())
+    statuses = {}
+    pipe = ctx.redis.pipeline(transaction=False)
+    for record, (encoded, error) in zip(batch, outcomes):
+        if error is None:
+            ctx.cache.set(record["cache_key"], encoded, spec.cache_ttl_s, pipe=pipe)
+            ctx.store.update(record["id"], records.SUCCEEDED, pipe=pipe, output=encoded, finished_at=finished)
+            statuses[record["id"]] = records.SUCCEEDED
+        else:
+            ctx.store.update(record["id"], records.FAILED, pipe=pipe, error=error, finished_at=finished)
+            statuses[record["id"]] = records.FAILED
+    ctx.store.release(ids, pipe=pipe)
+    pipe.execute()
+    return statuses
 
 
 def _fail(ctx: WorkerContext, prediction_id: str, message: str) -> str:
-    ctx.store.update(prediction_id, records.FAILED, error=message, finished_at=repr(time.time()))
+    pipe = ctx.redis.pipeline(transaction=False)
+    ctx.store.update(prediction_id, records.FAILED, pipe=pipe, error=message, finished_at=repr(time.time()))
+    ctx.store.release([prediction_id], pipe=pipe)
+    pipe.execute()
     return records.FAILED
+
+
+def sweep(ctx: WorkerContext, send) -> list[str]:
+    """Re-send predictions whose claim lapsed (their worker died mid-batch); fail those
+    that have already taken MAX_ATTEMPTS workers down with them."""
+    resent = []
+    for prediction_id in ctx.store.lapsed_claims():
+        record = ctx.store.get(prediction_id)
+        if record is None or record["status"] in records.TERMINAL:
+            ctx.store.release([prediction_id])
+        elif int(record.get("attempts", 0)) >= MAX_ATTEMPTS:
+            _fail(ctx, prediction_id, f"The worker stopped while running this prediction, {MAX_ATTEMPTS} times.")
+        else:
+            ctx.store.release([prediction_id])
+            spec = ctx.registry.get(record["model"])
+            send(prediction_id, queue=spec.queue, timeout_s=spec.timeout_s)
+            resent.append(prediction_id)
+    return resent
 
 
 @shared_task(name=PREDICT_TASK, ignore_result=True)
@@ -59,9 +148,17 @@ def predict(prediction_id: str) -> str:
     return run_prediction(prediction_id, current())
 
 
+@shared_task(name=SWEEP_TASK, ignore_result=True)
+def sweep_task() -> list[str]:
+    from tasks.senders import CelerySender
+
+    return sweep(current(), CelerySender(current_app).send)
+
+
 @task_failure.connect(sender=predict)
 def _hard_time_limit(sender=None, task_id=None, exception=None, args=None, **kwargs):
-    """The worker killed a process past its hard limit: nothing in it can record that."""
+    """The worker killed a process past its hard limit: nothing in it can record that.
+    Other predictions of the same batch are re-sent by the sweeper when their claim lapses."""
     if isinstance(exception, TimeLimitExceeded) and args:
         ctx = current()
         record = ctx.store.get(args[0])

@@ -1,7 +1,15 @@
-"""Prediction records in Redis: `{prefix}prediction:{id}` hashes plus a status channel.
+"""Prediction records in Redis.
+
+    {prefix}prediction:{id}          hash: the record (status, input, output, timings)
+    {prefix}events:{id}              pub/sub channel of its status changes
+    {prefix}pending:{model}:{ver}    list of queued ids, from which a worker fills a batch
+    {prefix}claim:{id}               which worker process runs it now (expires)
+    {prefix}claims                   sorted set: id -> claim deadline, for the sweeper
 
 The API creates a record before it queues the task, so an id that was never issued has
-no record (404), and the worker writes every status change into it.
+no record (404), and the worker writes every status change into it. Every id also has
+its own Celery message: a batch takes ids from the pending list, but an id whose batch
+dies is redelivered through its message, or re-sent by the sweeper once its claim lapses.
 """
 from __future__ import annotations
 
@@ -45,9 +53,12 @@ class PredictionStore:
             "queued_at": repr(time.time()),
         }
         key = self.key(record["id"])
+        pending = self.pending_key(model, version)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, mapping=record)
         pipe.expire(key, self.ttl_s)
+        pipe.rpush(pending, record["id"])
+        pipe.expire(pending, self.ttl_s)
         pipe.execute()
         return record
 
@@ -55,16 +66,69 @@ class PredictionStore:
         record = self.redis.hgetall(self.key(prediction_id))
         return record or None
 
+    def get_many(self, ids: list[str]) -> list[dict | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for prediction_id in ids:
+            pipe.hgetall(self.key(prediction_id))
+        return [record or None for record in pipe.execute()]
+
+    def pending_key(self, model: str, version: str) -> str:
+        return f"{self.prefix}pending:{model}:{version}"
+
+    def pop_pending(self, model: str, version: str, count: int, *, taken: str | None = None) -> list[str]:
+        """Up to `count` queued ids; `taken` (an id already running) is removed first."""
+        key = self.pending_key(model, version)
+        pipe = self.redis.pipeline(transaction=False)
+        if taken is not None:
+            pipe.lrem(key, 1, taken)  # queued order: it is near the head, so this stops early
+        if count > 0:
+            pipe.lpop(key, count)
+        results = pipe.execute() if len(pipe) else []
+        return (results[-1] or []) if count > 0 and results else []
+
+    @property
+    def claims_key(self) -> str:
+        return f"{self.prefix}claims"
+
+    def claim(self, ids: list[str], worker: str, ttl_s: float) -> list[str]:
+        """The ids this worker now owns; an id claimed by another live worker is left to it."""
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for prediction_id in ids:
+            pipe.set(f"{self.prefix}claim:{prediction_id}", worker, nx=True, ex=max(1, int(ttl_s)))
+        won = [prediction_id for prediction_id, ok in zip(ids, pipe.execute()) if ok]
+        if won:
+            deadline = time.time() + ttl_s
+            pipe.zadd(self.claims_key, {prediction_id: deadline for prediction_id in won})
+            for prediction_id in won:
+                pipe.hincrby(self.key(prediction_id), "attempts", 1)
+            pipe.execute()
+        return won
+
+    def release(self, ids: list[str], pipe=None) -> None:
+        if not ids:
+            return
+        target = pipe or self.redis.pipeline(transaction=False)
+        target.delete(*(f"{self.prefix}claim:{prediction_id}" for prediction_id in ids))
+        target.zrem(self.claims_key, *ids)
+        if pipe is None:
+            target.execute()
+
+    def lapsed_claims(self, now: float | None = None) -> list[str]:
+        return self.redis.zrangebyscore(self.claims_key, 0, now or time.time())
+
     def delete(self, prediction_id: str) -> None:
         self.redis.delete(self.key(prediction_id))
 
-    def update(self, prediction_id: str, status: str, **fields) -> None:
+    def update(self, prediction_id: str, status: str, *, pipe=None, **fields) -> None:
         """Write a status change and announce it to anyone waiting on the id."""
         mapping = {"status": status, **{k: v for k, v in fields.items() if v is not None}}
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.key(prediction_id), mapping=mapping)
-        pipe.publish(self.channel(prediction_id), status)
-        pipe.execute()
+        target = pipe or self.redis.pipeline(transaction=False)
+        target.hset(self.key(prediction_id), mapping=mapping)
+        target.publish(self.channel(prediction_id), status)
+        if pipe is None:
+            target.execute()
 
     def wait(self, prediction_id: str, timeout_s: float) -> dict | None:
         """The record once it is terminal, or as it stands when `timeout_s` runs out."""

@@ -28,6 +28,8 @@ class Settings:
     retry_after_s: int = 5
     # Workers heartbeat at this interval; readiness trusts a beat twice as old.
     heartbeat_s: float = 5.0
+    # How often beat asks for predictions whose worker died mid-batch to be re-sent.
+    sweep_s: float = 10.0
     device: str = "cpu"
     worker_concurrency: int = 2
     # Comma-separated queues that `ferry worker` consumes.

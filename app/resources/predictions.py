@@ -48,6 +48,7 @@ def view(record: dict) -> dict:
         "cached": False,
         "output": json.loads(record["output"]) if record.get("output") else None,
         "error": record.get("error"),
+        "batch_size": int(record["batch_size"]) if record.get("batch_size") else None,
         "timings": {
             "queued_at": timestamp(record.get("queued_at")),
             "started_at": timestamp(record.get("started_at")),

@@ -85,3 +85,13 @@ def test_records_expire(live_client, real_redis):
     response = live_client.post("/models/minilm/predictions", json={"input": {"text": "ttl check"}})
     ttl = real_redis.ttl(f"ferry:prediction:{response.json['id']}")
     assert 0 < ttl <= 24 * 3600
+
+
+def test_concurrent_predictions_share_forward_passes(live_client):
+    submitted = [live_client.post("/models/slow/predictions", json={"input": {"x": 5000.0 + i}}) for i in range(12)]
+    assert all(response.status_code == 202 for response in submitted)
+    done = [poll(live_client, response.headers["Location"]) for response in submitted]
+    assert all(body["status"] == "succeeded" for body in done), done
+    assert [body["output"]["double"] for body in done] == [2 * (5000.0 + i) for i in range(12)]
+    sizes = [body["batch_size"] for body in done]
+    assert max(sizes) > 1 and max(sizes) <= 5, sizes  # slow declares max_batch_size 5

@@ -117,3 +117,74 @@ def test_worker_start_names_models_whose_module_is_missing():
     specs = parse_repository({"models": [declaration("echo", "Echo"),
                                          {**declaration("ghost", "Echo"), "entrypoint": "nowhere.at_all:Ghost"}]})
     assert missing_entrypoints(Registry(specs)) == ["ghost (nowhere.at_all:Ghost)"]
+
+
+@pytest.fixture
+def batching_ctx(fake_redis):
+    specs = parse_repository({"models": [
+        declaration("echo", "Echo", batching={"max_batch_size": 4, "max_wait_ms": 0}),
+        declaration("picky", "Picky", batching={"max_batch_size": 8, "max_wait_ms": 0}),
+    ]})
+    return WorkerContext.build(Settings(redis_url="redis://unused:1/0"), fake_redis, Registry(specs))
+
+
+def test_queued_predictions_for_one_model_run_as_one_batch(batching_ctx):
+    ctx = batching_ctx
+    submitted = [submit(ctx, x=float(x)) for x in range(6)]
+    assert run_prediction(submitted[0]["id"], ctx) == records.SUCCEEDED
+    stored = [ctx.store.get(record["id"]) for record in submitted]
+    assert [s["status"] for s in stored] == ["succeeded"] * 4 + ["queued"] * 2
+    assert {s["batch_size"] for s in stored[:4]} == {"4"}
+    assert [json.loads(s["output"])["echo"] for s in stored[:4]] == [0.0, 1.0, 2.0, 3.0]
+    # Their own messages arrive later and find them done; the rest form the next batch.
+    assert run_prediction(submitted[2]["id"], ctx) == records.SUCCEEDED
+    assert run_prediction(submitted[4]["id"], ctx) == records.SUCCEEDED
+    assert ctx.store.get(submitted[5]["id"])["batch_size"] == "2"
+    assert ctx.redis.llen(ctx.store.pending_key("echo", "1")) == 0
+    assert ctx.redis.zcard(ctx.store.claims_key) == 0
+
+
+def test_one_bad_input_fails_alone_in_a_batch(batching_ctx):
+    ctx = batching_ctx
+    submitted = [submit(ctx, model="picky", x=x) for x in (1.0, -1.0, 2.0)]
+    run_prediction(submitted[0]["id"], ctx)
+    stored = [ctx.store.get(record["id"]) for record in submitted]
+    assert [s["status"] for s in stored] == ["succeeded", "failed", "succeeded"]
+    assert stored[1]["error"] == "ValueError: x must not be negative"
+    assert json.loads(stored[2]["output"]) == {"double": 4.0}
+
+
+def test_a_prediction_claimed_by_a_live_worker_is_left_to_it(batching_ctx):
+    ctx = batching_ctx
+    record = submit(ctx)
+    assert ctx.store.claim([record["id"]], "other-host:1", 60) == [record["id"]]
+    assert run_prediction(record["id"], ctx) == "claimed elsewhere"
+    assert ctx.store.get(record["id"])["status"] == "queued"
+
+
+def test_sweeper_resends_predictions_whose_worker_died(batching_ctx):
+    from tasks.predict import MAX_ATTEMPTS, sweep
+
+    ctx = batching_ctx
+    record = submit(ctx)
+    ctx.store.claim([record["id"]], "dead-host:1", 60)
+    sent = []
+    resend = lambda prediction_id, **kwargs: sent.append((prediction_id, kwargs))  # noqa: E731
+    assert sweep(ctx, resend) == []  # the claim has not lapsed yet
+    ctx.redis.zadd(ctx.store.claims_key, {record["id"]: 1.0})
+    assert sweep(ctx, resend) == [record["id"]]
+    assert sent == [(record["id"], {"queue": "realtime-cpu", "timeout_s": 60.0})]
+    assert run_prediction(record["id"], ctx) == records.SUCCEEDED  # the claim was released
+
+
+def test_sweeper_fails_a_prediction_that_keeps_killing_workers(batching_ctx):
+    from tasks.predict import MAX_ATTEMPTS, sweep
+
+    ctx = batching_ctx
+    record = submit(ctx)
+    for attempt in range(MAX_ATTEMPTS):
+        ctx.store.claim([record["id"]], f"host:{attempt}", 60)
+        ctx.redis.zadd(ctx.store.claims_key, {record["id"]: 1.0})
+        ctx.redis.delete(f"ferry:claim:{record['id']}")
+    assert sweep(ctx, lambda *a, **k: pytest.fail("must not resend")) == []
+    assert "3 times" in ctx.store.get(record["id"])["error"]
