@@ -163,7 +163,7 @@ def test_a_prediction_claimed_by_a_live_worker_is_left_to_it(batching_ctx):
 
 
 def test_sweeper_resends_predictions_whose_worker_died(batching_ctx):
-    from tasks.predict import MAX_ATTEMPTS, sweep
+    from tasks.predict import sweep
 
     ctx = batching_ctx
     record = submit(ctx)
