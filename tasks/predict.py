@@ -48,9 +48,11 @@ def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
         spec = ctx.registry.get(record["model"])
     except UnknownModel:
         return _fail(ctx, prediction_id, f"Model {record['model']!r} is not served any more.")
-    if not ctx.store.claim([prediction_id], worker_name(), _claim_ttl(spec)):
+    won, taken = ctx.store.claim_and_take(prediction_id, worker_name(), _claim_ttl(spec),
+                                          spec.name, spec.version, spec.max_batch_size - 1)
+    if not won:
         return "claimed elsewhere"
-    batch = [record] + _gather(ctx, spec, prediction_id)
+    batch = [record] + _gather(ctx, spec, taken)
     return _run_batch(ctx, spec, batch)[prediction_id]
 
 
@@ -59,11 +61,11 @@ def _claim_ttl(spec: ModelSpec) -> float:
     return spec.timeout_s + 60
 
 
-def _gather(ctx: WorkerContext, spec: ModelSpec, own_id: str) -> list[dict]:
-    """Other queued predictions for this model: as many as are waiting, up to the batch
-    size; if some were waiting but not a full batch, wait up to max_wait_ms for more."""
+def _gather(ctx: WorkerContext, spec: ModelSpec, taken: list[str]) -> list[dict]:
+    """The other predictions of the batch: those already taken from the queue and, when
+    some were queued but not a full batch, those that arrive within max_wait_ms."""
     room = spec.max_batch_size - 1
-    ids = ctx.store.pop_pending(spec.name, spec.version, room, taken=own_id)
+    ids = list(taken)
     if ids and len(ids) < room and spec.max_wait_ms:
         deadline = time.monotonic() + spec.max_wait_ms / 1000
         while len(ids) < room and time.monotonic() < deadline:
@@ -71,11 +73,10 @@ def _gather(ctx: WorkerContext, spec: ModelSpec, own_id: str) -> list[dict]:
             ids += more
             if not more:
                 time.sleep(_POLL_S)
-    claimed = ctx.store.claim(ids, worker_name(), _claim_ttl(spec))
     batch, stale = [], []
-    for prediction_id, record in zip(claimed, ctx.store.get_many(claimed)):
-        if record is None or record["status"] in records.TERMINAL or record["version"] != spec.version:
-            stale.append(prediction_id)
+    for record in ctx.store.claim_records(ids, worker_name(), _claim_ttl(spec)):
+        if record["status"] in records.TERMINAL or record["version"] != spec.version:
+            stale.append(record["id"])
         else:
             batch.append(record)
     ctx.store.release(stale)
@@ -88,6 +89,7 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
     pipe = ctx.redis.pipeline(transaction=False)
     for prediction_id in ids:
         ctx.store.update(prediction_id, records.RUNNING, pipe=pipe, started_at=started, batch_size=len(ids))
+        pipe.hincrby(ctx.store.key(prediction_id), "attempts", 1)
     pipe.execute()
     outcomes: list[tuple[str | None, str | None]]
     try:

@@ -75,36 +75,53 @@ class PredictionStore:
     def pending_key(self, model: str, version: str) -> str:
         return f"{self.prefix}pending:{model}:{version}"
 
-    def pop_pending(self, model: str, version: str, count: int, *, taken: str | None = None) -> list[str]:
-        """Up to `count` queued ids; `taken` (an id already running) is removed first."""
-        key = self.pending_key(model, version)
-        pipe = self.redis.pipeline(transaction=False)
-        if taken is not None:
-            pipe.lrem(key, 1, taken)  # queued order: it is near the head, so this stops early
-        if count > 0:
-            pipe.lpop(key, count)
-        results = pipe.execute() if len(pipe) else []
-        return (results[-1] or []) if count > 0 and results else []
+    def pop_pending(self, model: str, version: str, count: int) -> list[str]:
+        return self.redis.lpop(self.pending_key(model, version), count) or [] if count > 0 else []
 
     @property
     def claims_key(self) -> str:
         return f"{self.prefix}claims"
+
+    def _claim_on(self, pipe, ids: list[str], worker: str, ttl_s: float) -> None:
+        for prediction_id in ids:
+            pipe.set(f"{self.prefix}claim:{prediction_id}", worker, nx=True, ex=max(1, int(ttl_s)))
+        # nx: never move the deadline of a claim another worker holds.
+        pipe.zadd(self.claims_key, {prediction_id: time.time() + ttl_s for prediction_id in ids}, nx=True)
+
+    def claim_and_take(self, own_id: str, worker: str, ttl_s: float, model: str, version: str,
+                       count: int) -> tuple[bool, list[str]]:
+        """Claim `own_id` and take up to `count` other queued ids, in one round trip.
+        Returns whether the claim was won, and the ids taken (none when it was lost: their
+        own messages still carry them)."""
+        key = self.pending_key(model, version)
+        pipe = self.redis.pipeline(transaction=False)
+        self._claim_on(pipe, [own_id], worker, ttl_s)
+        pipe.lrem(key, 1, own_id)  # queued order: it is near the head, so this stops early
+        if count > 0:
+            pipe.lpop(key, count)
+        results = pipe.execute()
+        taken = (results[-1] or []) if count > 0 else []
+        return bool(results[0]), taken if results[0] else []
+
+    def claim_records(self, ids: list[str], worker: str, ttl_s: float) -> list[dict]:
+        """Claim `ids` and read their records, in one round trip; only the won ones return."""
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        self._claim_on(pipe, ids, worker, ttl_s)
+        for prediction_id in ids:
+            pipe.hgetall(self.key(prediction_id))
+        results = pipe.execute()
+        won, records = results[:len(ids)], results[len(ids) + 1:]
+        return [record for ok, record in zip(won, records) if ok and record]
 
     def claim(self, ids: list[str], worker: str, ttl_s: float) -> list[str]:
         """The ids this worker now owns; an id claimed by another live worker is left to it."""
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for prediction_id in ids:
-            pipe.set(f"{self.prefix}claim:{prediction_id}", worker, nx=True, ex=max(1, int(ttl_s)))
-        won = [prediction_id for prediction_id, ok in zip(ids, pipe.execute()) if ok]
-        if won:
-            deadline = time.time() + ttl_s
-            pipe.zadd(self.claims_key, {prediction_id: deadline for prediction_id in won})
-            for prediction_id in won:
-                pipe.hincrby(self.key(prediction_id), "attempts", 1)
-            pipe.execute()
-        return won
+        self._claim_on(pipe, ids, worker, ttl_s)
+        return [prediction_id for prediction_id, ok in zip(ids, pipe.execute()) if ok]
 
     def release(self, ids: list[str], pipe=None) -> None:
         if not ids:

@@ -89,11 +89,11 @@ def ferry_env(**settings) -> dict:
 
 
 def start_worker(redis_url: str, log_path: Path, queues: str = "realtime-cpu", concurrency: int = 1,
-                 **settings) -> subprocess.Popen:
+                 pool: str = "prefork", **settings) -> subprocess.Popen:
     env = ferry_env(redis_url=redis_url, **settings)
     log = log_path.open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--loglevel", "info",
-         "--queues", queues, "--concurrency", str(concurrency), "--hostname", f"test-{os.getpid()}-{free_port()}@%h"],
+         "--queues", queues, "--concurrency", str(concurrency), "--pool", pool, "--hostname", f"test-{os.getpid()}-{free_port()}@%h"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )

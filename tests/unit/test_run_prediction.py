@@ -182,9 +182,15 @@ def test_sweeper_fails_a_prediction_that_keeps_killing_workers(batching_ctx):
 
     ctx = batching_ctx
     record = submit(ctx)
-    for attempt in range(MAX_ATTEMPTS):
-        ctx.store.claim([record["id"]], f"host:{attempt}", 60)
-        ctx.redis.zadd(ctx.store.claims_key, {record["id"]: 1.0})
-        ctx.redis.delete(f"ferry:claim:{record['id']}")
+    ctx.redis.hset(ctx.store.key(record["id"]), "attempts", MAX_ATTEMPTS)  # three runs began, none ended
+    ctx.store.claim([record["id"]], "host:3", 60)
+    ctx.redis.zadd(ctx.store.claims_key, {record["id"]: 1.0})
     assert sweep(ctx, lambda *a, **k: pytest.fail("must not resend")) == []
     assert "3 times" in ctx.store.get(record["id"])["error"]
+
+
+def test_each_run_counts_an_attempt(batching_ctx):
+    ctx = batching_ctx
+    record = submit(ctx)
+    run_prediction(record["id"], ctx)
+    assert ctx.store.get(record["id"])["attempts"] == "1"
