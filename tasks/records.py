@@ -66,17 +66,13 @@ class PredictionStore:
         record = self.redis.hgetall(self.key(prediction_id))
         return record or None
 
-    def get_many(self, ids: list[str]) -> list[dict | None]:
-        pipe = self.redis.pipeline(transaction=False)
-        for prediction_id in ids:
-            pipe.hgetall(self.key(prediction_id))
-        return [record or None for record in pipe.execute()]
-
     def pending_key(self, model: str, version: str) -> str:
         return f"{self.prefix}pending:{model}:{version}"
 
     def pop_pending(self, model: str, version: str, count: int) -> list[str]:
-        return self.redis.lpop(self.pending_key(model, version), count) or [] if count > 0 else []
+        if count <= 0:
+            return []
+        return self.redis.lpop(self.pending_key(model, version), count) or []
 
     @property
     def claims_key(self) -> str:
@@ -114,14 +110,6 @@ class PredictionStore:
         results = pipe.execute()
         won, records = results[:len(ids)], results[len(ids) + 1:]
         return [record for ok, record in zip(won, records) if ok and record]
-
-    def claim(self, ids: list[str], worker: str, ttl_s: float) -> list[str]:
-        """The ids this worker now owns; an id claimed by another live worker is left to it."""
-        if not ids:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        self._claim_on(pipe, ids, worker, ttl_s)
-        return [prediction_id for prediction_id, ok in zip(ids, pipe.execute()) if ok]
 
     def release(self, ids: list[str], pipe=None) -> None:
         if not ids:

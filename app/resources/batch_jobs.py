@@ -7,11 +7,10 @@ from flask import Response, stream_with_context, url_for
 from flask.views import MethodView
 from flask_smorest import abort
 
-from app.parsing import Blueprint
-
 from app.auth import require_admin
+from app.parsing import Blueprint
 from app.resources.predictions import timestamp
-from app.schemas import ErrorSchema, BatchJobCreateSchema, BatchJobSchema
+from app.schemas import BatchJobCreateSchema, BatchJobSchema, ErrorSchema
 from app.services import services
 from batch_jobs import runner
 from batch_jobs.sources import SourceError

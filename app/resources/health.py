@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask.views import MethodView
+
 from app.parsing import Blueprint
 
 from app.schemas import HealthSchema

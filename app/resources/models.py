@@ -5,7 +5,6 @@ from flask.views import MethodView
 from flask_smorest import abort
 
 from app.parsing import Blueprint
-
 from app.schemas import ErrorSchema, ModelSchema
 from app.services import services
 from models.declaration import ModelSpec

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import json
 import re
-
-import redis
 from datetime import datetime, timezone
 
+import redis
 from flask import request, url_for
 from flask.views import MethodView
 from flask_smorest import abort
-
-from app.parsing import Blueprint
 from marshmallow import ValidationError
 
+from app.parsing import Blueprint
 from app.resources.models import spec_or_404
 from app.schemas import ErrorSchema, PredictionSchema, SubmitSchema
 from app.services import services

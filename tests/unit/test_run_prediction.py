@@ -157,7 +157,7 @@ def test_one_bad_input_fails_alone_in_a_batch(batching_ctx):
 def test_a_prediction_claimed_by_a_live_worker_is_left_to_it(batching_ctx):
     ctx = batching_ctx
     record = submit(ctx)
-    assert ctx.store.claim([record["id"]], "other-host:1", 60) == [record["id"]]
+    assert [r["id"] for r in ctx.store.claim_records([record["id"]], "other-host:1", 60)] == [record["id"]]
     assert run_prediction(record["id"], ctx) == "claimed elsewhere"
     assert ctx.store.get(record["id"])["status"] == "queued"
 
@@ -167,7 +167,7 @@ def test_sweeper_resends_predictions_whose_worker_died(batching_ctx):
 
     ctx = batching_ctx
     record = submit(ctx)
-    ctx.store.claim([record["id"]], "dead-host:1", 60)
+    ctx.store.claim_records([record["id"]], "dead-host:1", 60)
     sent = []
     resend = lambda prediction_id, **kwargs: sent.append((prediction_id, kwargs))  # noqa: E731
     assert sweep(ctx, resend) == []  # the claim has not lapsed yet
@@ -183,7 +183,7 @@ def test_sweeper_fails_a_prediction_that_keeps_killing_workers(batching_ctx):
     ctx = batching_ctx
     record = submit(ctx)
     ctx.redis.hset(ctx.store.key(record["id"]), "attempts", MAX_ATTEMPTS)  # three runs began, none ended
-    ctx.store.claim([record["id"]], "host:3", 60)
+    ctx.store.claim_records([record["id"]], "host:3", 60)
     ctx.redis.zadd(ctx.store.claims_key, {record["id"]: 1.0})
     assert sweep(ctx, lambda *a, **k: pytest.fail("must not resend")) == []
     assert "3 times" in ctx.store.get(record["id"])["error"]
