@@ -42,13 +42,17 @@ def _open_checked(raw: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def check_image(value: str, max_pixels: int = MAX_PIXELS) -> None:
-    """Validate without decoding the pixels: format, size and file integrity only."""
-    image = _open_checked(_raw_bytes(value), max_pixels)
+def check_image(value: str, max_pixels: int = MAX_PIXELS) -> str:
+    """Validate without decoding the pixels (format, size and file integrity only) and return
+    the image as plain, unwrapped base64, so that a data URL, wrapped lines and plain base64
+    of the same file are one input, with one cache key."""
+    raw = _raw_bytes(value)
+    image = _open_checked(raw, max_pixels)
     try:
         image.verify()
     except Exception as exc:
         raise ImageError("The image file is damaged or truncated.") from exc
+    return base64.b64encode(raw).decode("ascii")
 
 
 def open_image(value: str, max_pixels: int = MAX_PIXELS) -> Image.Image:

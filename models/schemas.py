@@ -9,11 +9,15 @@ from models.declaration import FieldSpec, ModelSpec
 from models.images import ImageError, check_image
 
 
-def _image_validator(value: str) -> None:
-    try:
-        check_image(value)
-    except ImageError as exc:
-        raise ValidationError(str(exc)) from None
+class ImageField(fields.String):
+    """A base64 PNG or JPEG (or a data URL of one), loaded as its canonical plain base64."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return check_image(text)
+        except ImageError as exc:
+            raise ValidationError(str(exc)) from None
 
 
 def _valid_unicode(value: str) -> None:
@@ -101,7 +105,7 @@ def build_field(spec: FieldSpec) -> fields.Field:
     if spec.type == "boolean":
         field = StrictBoolean()
     elif spec.type == "image":
-        field = fields.String(validate=_length(spec) + [_image_validator])
+        field = ImageField(validate=_length(spec))
     elif spec.type == "array" and spec.items in ("number", "integer"):
         field = NumberArray(integer=spec.items == "integer", minimum=spec.min, maximum=spec.max,
                             min_length=spec.min_length, max_length=spec.max_length)
