@@ -6,7 +6,8 @@ import threading
 
 from flask import Flask
 
-from app import docs, errors
+from app import auth, docs, errors
+from app.keys import KeyStore
 from app.resources import batch_jobs, health, models, predictions
 from app.services import Services
 from batch_jobs.sources import PopularityCounter
@@ -57,9 +58,11 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
         sender=sender,
         popularity=PopularityCounter(settings.key_prefix, settings.popular_max, settings.popular_max_input_bytes),
         waiters=threading.BoundedSemaphore(settings.max_waiters),
+        keys=KeyStore(redis_client, settings.key_prefix, settings.admin_key),
     )
 
     api = errors.FerryApi(app)
+    auth.document(api)
     for blueprint in (models.blp, predictions.blp, batch_jobs.blp, health.blp):
         api.register_blueprint(blueprint)
     errors.init_app(app, settings.retry_after_s)

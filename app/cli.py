@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from app.keys_cli import keys as keys_cli
+from app.keys import TOKEN_PREFIX
 from batch_jobs.cli import batch as batch_cli
 from tasks.settings import ROOT, Settings
 
@@ -33,6 +35,7 @@ def main() -> None:
 
 
 main.add_command(batch_cli)
+main.add_command(keys_cli)
 
 
 @main.command()
@@ -51,15 +54,16 @@ def dev() -> None:
         processes.insert(0, "redis")
     password = settings.flower_password or secrets.token_urlsafe(12)
     env["FERRY_FLOWER_PASSWORD"] = password
-    admin_key = settings.admin_key or secrets.token_urlsafe(24)
-    env["FERRY_ADMIN_KEY"] = admin_key
+    # The bootstrap key (every scope) lets the README's curl examples run at once.
+    api_key = settings.admin_key or TOKEN_PREFIX + secrets.token_urlsafe(32)
+    env["FERRY_ADMIN_KEY"] = api_key
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     api = f"http://{settings.api_host}:{settings.api_port}"
     click.echo(
         "Ferry is starting:\n"
         f"  API      {api}   (docs: {api}/docs, readiness: {api}/health/ready)\n"
         f"  Flower   http://127.0.0.1:{settings.flower_port}   (user {settings.flower_user}, password {password})\n"
-        f"  Admin    Authorization: Bearer {admin_key}   (batch jobs)\n"
+        f"  API key  Authorization: Bearer {api_key}   (scopes predict, admin)\n"
         f"  Redis    {redis_url}{'   (embedded, data in ' + settings.data_dir + '/redis)' if 'redis' in processes else ''}\n"
         "Stop with Ctrl-C.\n"
     )

@@ -1,9 +1,13 @@
-"""Request-body parsing: JSON only, and every malformed body is a 4xx, never a 500."""
+"""The project's Blueprint: JSON-only body parsing (every malformed body is a 4xx, never a
+500) and `requires(scope)`, which guards a view with an API key and documents it."""
 from __future__ import annotations
 
 import flask_smorest
 from flask_smorest import abort
+from flask_smorest.error_handler import ErrorSchema
 from webargs.flaskparser import FlaskParser
+
+from app.auth import SECURITY_SCHEME, require_scope
 
 
 class JsonBodyParser(FlaskParser):
@@ -19,3 +23,18 @@ class JsonBodyParser(FlaskParser):
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = JsonBodyParser()
+
+    def requires(self, scope: str):
+        """Decorator, outermost on a view: it runs only for an API key with `scope`
+        (401 without a valid key, 403 without the scope), and the OpenAPI document says so."""
+
+        def decorator(func):
+            guarded = require_scope(scope)(func)
+            for status, description in (
+                (401, "No API key, or one that is unknown or revoked."),
+                (403, f"The API key lacks the `{scope}` scope."),
+            ):
+                guarded = self.alt_response(status, schema=ErrorSchema, description=description)(guarded)
+            return self.doc(security=[{SECURITY_SCHEME: []}])(guarded)
+
+        return decorator

@@ -6,6 +6,7 @@ import threading
 
 from flask import current_app
 
+from app.keys import KeyStore
 from batch_jobs.sources import PopularityCounter
 from models.cache import PredictionCache
 from models.registry import Registry
@@ -23,6 +24,7 @@ class Services:
     cache: PredictionCache
     sender: TaskSender
     popularity: PopularityCounter
+    keys: KeyStore
     # Bounds the API threads that `Prefer: wait` may hold, so probes and submits still get one.
     waiters: threading.BoundedSemaphore
 

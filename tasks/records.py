@@ -41,7 +41,8 @@ class PredictionStore:
     def channel(self, prediction_id: str) -> str:
         return f"{self.prefix}events:{prediction_id}"
 
-    def create(self, *, model: str, version: str, queue: str, validated_input: dict, cache_key: str) -> dict:
+    def create(self, *, model: str, version: str, queue: str, validated_input: dict, cache_key: str,
+               owner: str = "") -> dict:
         record = {
             "id": new_prediction_id(),
             "model": model,
@@ -51,6 +52,8 @@ class PredictionStore:
             "input": json.dumps(validated_input, separators=(",", ":")),
             "cache_key": cache_key,
             "queued_at": repr(time.time()),
+            # The id of the API key that made it: only that key may read it.
+            "owner": owner,
         }
         key = self.key(record["id"])
         pending = self.pending_key(model, version)

@@ -43,7 +43,8 @@ class Settings:
     flower_password: str = ""
     embedded_redis_port: int = 6390
     log_level: str = "info"
-    # Admin routes (batch jobs, later model registration) answer 403 until a key is set.
+    # Optional bootstrap API key with every scope, held only in the environment (app/keys.py);
+    # other keys are made with `ferry keys create`.
     admin_key: str = ""
     # Batch precompute. The cache TTL outlives a day, so one missed night keeps yesterday's cache.
     batch_input_dir: str = ""

@@ -1,4 +1,8 @@
-"""Shared fixtures: an app on fakeredis with a recording task sender (Flask's tutorial shape)."""
+"""Shared fixtures: an app on fakeredis with a recording task sender (Flask's tutorial shape).
+
+`client` sends an API key with both scopes (predict, admin) on every request, so tests
+that are not about auth need no headers; for an app a test builds itself, use
+`tests.auth.keyed_client(app)`, and `app.test_client()` for a caller without a key."""
 from __future__ import annotations
 
 import fakeredis
@@ -6,6 +10,7 @@ import pytest
 
 from app import create_app
 from tasks.senders import RecordingSender
+from tests.auth import keyed_client
 
 
 @pytest.fixture
@@ -30,7 +35,7 @@ def app(fake_redis, sender):
 
 @pytest.fixture
 def client(app):
-    return app.test_client()
+    return keyed_client(app)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from flask import Response, stream_with_context, url_for
 from flask.views import MethodView
 from flask_smorest import abort
 
-from app.auth import require_admin
+from app.keys import ADMIN
 from app.parsing import Blueprint
 from app.resources.predictions import timestamp
 from app.schemas import BatchJobCreateSchema, BatchJobSchema, ErrorSchema
@@ -43,14 +43,14 @@ def job_or_404(job_id: str) -> dict:
 
 @blp.route("")
 class BatchJobs(MethodView):
-    decorators = [require_admin]
-
+    @blp.requires(ADMIN)
     @blp.response(200, BatchJobSchema(many=True))
     def get(self):
         """The most recent batch jobs, newest first."""
         store = runner.job_store(services())
         return [view(job) for job in map(store.get, store.list_ids()) if job]
 
+    @blp.requires(ADMIN)
     @blp.arguments(BatchJobCreateSchema)
     @blp.response(202, BatchJobSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(422, schema=ErrorSchema, description="Unknown model or unusable source.")
@@ -69,13 +69,13 @@ class BatchJobs(MethodView):
 
 @blp.route("/<job_id>")
 class BatchJobById(MethodView):
-    decorators = [require_admin]
-
+    @blp.requires(ADMIN)
     @blp.response(200, BatchJobSchema)
     def get(self, job_id: str):
         """A job's status, progress (done, failed, invalid, rate, ETA), error sample and times."""
         return view(job_or_404(job_id))
 
+    @blp.requires(ADMIN)
     @blp.response(202, BatchJobSchema)
     @blp.alt_response(409, schema=ErrorSchema, description="The job has already finished.")
     def delete(self, job_id: str):
@@ -88,8 +88,7 @@ class BatchJobById(MethodView):
 
 @blp.route("/<job_id>/results")
 class BatchJobResults(MethodView):
-    decorators = [require_admin]
-
+    @blp.requires(ADMIN)
     @blp.response(200, description="JSON lines: {line, input, output} or {line, input, error}.",
                   content_type="application/x-ndjson")
     def get(self, job_id: str):

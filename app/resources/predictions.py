@@ -1,6 +1,7 @@
 """Submitting predictions and reading them back."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 from datetime import datetime, timezone
@@ -11,6 +12,8 @@ from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import ValidationError
 
+from app.auth import current_key, owned_or_404
+from app.keys import PREDICT
 from app.parsing import Blueprint
 from app.resources.models import spec_or_404
 from app.schemas import ErrorSchema, PredictionSchema, SubmitSchema
@@ -57,16 +60,21 @@ def view(record: dict) -> dict:
     }
 
 
-@blp.before_request
-def _unknown_model_first():
-    # An unknown model is 404 whatever the body, so check it before the body is parsed.
-    name = (request.view_args or {}).get("name")
-    if name is not None:
+def known_model(view):
+    """An unknown model is 404 whatever the body, so check it before the body is parsed."""
+
+    @functools.wraps(view)
+    def wrapper(*args, name: str, **kwargs):
         spec_or_404(name)
+        return view(*args, name=name, **kwargs)
+
+    return wrapper
 
 
 @blp.route("/models/<name>/predictions")
 class Submissions(MethodView):
+    @blp.requires(PREDICT)
+    @known_model
     @blp.arguments(SubmitSchema)
     @blp.response(202, PredictionSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(200, schema=PredictionSchema,
@@ -96,6 +104,7 @@ class Submissions(MethodView):
                     "cached": True, "output": output}, 200
         record = ferry.store.create(
             model=spec.name, version=spec.version, queue=spec.queue, validated_input=validated, cache_key=cache_key,
+            owner=current_key().id,
         )
         try:
             ferry.sender.send(record["id"], queue=spec.queue, timeout_s=spec.timeout_s)
@@ -118,11 +127,10 @@ class Submissions(MethodView):
 
 @blp.route("/predictions/<prediction_id>")
 class PredictionById(MethodView):
+    @blp.requires(PREDICT)
     @blp.response(200, PredictionSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No prediction with this id (never issued, or expired).")
     def get(self, prediction_id: str):
         """A prediction's status, output or error, and timings."""
         record = services().store.get(prediction_id) if records.is_prediction_id(prediction_id) else None
-        if record is None:
-            abort(404, message=f"No prediction with id {prediction_id!r}.")
-        return view(record)
+        return view(owned_or_404(record, f"No prediction with id {prediction_id!r}."))

@@ -14,13 +14,16 @@ from tests.support import digit_png_base64
 
 pytestmark = pytest.mark.e2e
 
+# `ferry dev` takes FERRY_ADMIN_KEY as its bootstrap key (both scopes) when it is set.
+API_KEY = "e2e-bootstrap-api-key"
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("ferry-data")
-    api_port, flower_port = free_port(), free_port()
-    env = ferry_env(api_port=api_port, flower_port=flower_port, embedded_redis_port=free_port(),
-                    data_dir=data_dir, flower_password="e2e-secret", admin_key="e2e-admin", worker_concurrency=1,
+    api_port, flower_port, redis_port = free_port(), free_port(), free_port()
+    env = ferry_env(api_port=api_port, flower_port=flower_port, embedded_redis_port=redis_port,
+                    data_dir=data_dir, flower_password="e2e-secret", admin_key=API_KEY, worker_concurrency=1,
                     api_workers=1)
     log_path = data_dir / "dev.log"
     with log_path.open("wb") as log:
@@ -30,7 +33,10 @@ def stack(tmp_path_factory):
     try:
         wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).status_code == 200, 120,
                  "ferry dev", proc)
-        yield {"api": base, "flower": f"http://127.0.0.1:{flower_port}", "log": log_path, "data": data_dir}
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {API_KEY}"
+        yield {"api": base, "flower": f"http://127.0.0.1:{flower_port}", "log": log_path, "data": data_dir,
+               "http": http, "redis": f"redis://127.0.0.1:{redis_port}/0"}
     except Exception:
         print(log_path.read_text(errors="replace")[-5000:])
         raise
@@ -38,10 +44,10 @@ def stack(tmp_path_factory):
         stop_group(proc)
 
 
-def poll(url: str, timeout_s: float = 60) -> dict:
+def poll(http: requests.Session, url: str, timeout_s: float = 60) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        response = requests.get(url, timeout=5)
+        response = http.get(url, timeout=5)
         assert response.status_code == 200
         if response.json()["status"] in ("succeeded", "failed", "canceled"):
             return response.json()
@@ -52,29 +58,31 @@ def poll(url: str, timeout_s: float = 60) -> dict:
 def test_the_banner_prints_the_urls(stack):
     banner = stack["log"].read_text(errors="replace")
     assert stack["api"] in banner and stack["flower"] in banner and "redis://127.0.0.1:" in banner
+    assert f"Authorization: Bearer {API_KEY}" in banner
 
 
 def test_digit_image_202_then_poll_then_cache_hit(stack):
     image, label = digit_png_base64(5, size=(128, 128))
     url = f"{stack['api']}/models/digits/predictions"
-    submitted = requests.post(url, json={"input": {"image": image}}, timeout=10)
+    submitted = stack["http"].post(url, json={"input": {"image": image}}, timeout=10)
     assert submitted.status_code == 202
     location = submitted.headers["Location"]
     assert location.startswith("/predictions/")
-    done = poll(stack["api"] + location)
+    done = poll(stack["http"], stack["api"] + location)
     assert done["status"] == "succeeded", done
     assert done["output"]["label"] == label
-    again = requests.post(url, json={"input": {"image": image}}, timeout=10)
+    again = stack["http"].post(url, json={"input": {"image": image}}, timeout=10)
     assert again.status_code == 200 and again.json()["cached"] is True
     assert again.json()["output"] == done["output"]
 
 
 def test_sentences_embed_and_rank(stack):
     def embed(text):
-        submitted = requests.post(f"{stack['api']}/models/minilm/predictions", json={"input": {"text": text}},
-                                  timeout=10)
+        submitted = stack["http"].post(f"{stack['api']}/models/minilm/predictions", json={"input": {"text": text}},
+                                       timeout=10)
         assert submitted.status_code in (200, 202)
-        body = submitted.json() if submitted.status_code == 200 else poll(stack["api"] + submitted.headers["Location"])
+        body = (submitted.json() if submitted.status_code == 200
+                else poll(stack["http"], stack["api"] + submitted.headers["Location"]))
         assert body["status"] == "succeeded", body
         return np.array(body["output"]["embedding"])
 
@@ -86,39 +94,59 @@ def test_sentences_embed_and_rank(stack):
 
 
 def test_bad_requests_get_readable_errors(stack):
-    url = f"{stack['api']}/models/digits/predictions"
-    bad = requests.post(url, json={"input": {"pixels": [0] * 10}}, timeout=10)
+    http, url = stack["http"], f"{stack['api']}/models/digits/predictions"
+    bad = http.post(url, json={"input": {"pixels": [0] * 10}}, timeout=10)
     assert bad.status_code == 422 and "pixels" in bad.json()["errors"]["json"]["input"]
-    assert requests.post(url, data="{", headers={"Content-Type": "application/json"}, timeout=10).status_code == 400
-    assert requests.post(f"{stack['api']}/models/nope/predictions", json={"input": {}}, timeout=10).status_code == 404
-    assert requests.get(f"{stack['api']}/predictions/{'0' * 32}", timeout=10).status_code == 404
-    huge = requests.post(url, data=b"x" * (3 * 1024 * 1024), headers={"Content-Type": "application/json"}, timeout=10)
+    assert http.post(url, data="{", headers={"Content-Type": "application/json"}, timeout=10).status_code == 400
+    assert http.post(f"{stack['api']}/models/nope/predictions", json={"input": {}}, timeout=10).status_code == 404
+    assert http.get(f"{stack['api']}/predictions/{'0' * 32}", timeout=10).status_code == 404
+    huge = http.post(url, data=b"x" * (3 * 1024 * 1024), headers={"Content-Type": "application/json"}, timeout=10)
     assert huge.status_code == 413
 
 
-def test_docs_and_flower_behind_auth(stack):
+def test_docs_open_and_flower_behind_auth(stack):
     assert requests.get(f"{stack['api']}/docs", timeout=10).status_code == 200
     assert requests.get(f"{stack['api']}/openapi.json", timeout=10).json()["info"]["title"] == "Ferry"
     wait_for(lambda: requests.get(stack["flower"], timeout=2).status_code == 401, 60, "flower")
+    assert requests.get(stack["flower"], auth=("ferry", "wrong"), timeout=10).status_code == 401
     assert requests.get(stack["flower"], auth=("ferry", "e2e-secret"), timeout=10).status_code == 200
 
 
+def test_keys_made_with_the_cli(stack):
+    def create(name, *scopes):
+        result = subprocess.run(
+            [str(BIN / "ferry"), "keys", "create", "--name", name, *(arg for s in scopes for arg in ("--scope", s))],
+            cwd=ROOT, env=ferry_env(redis_url=stack["redis"]), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return {"Authorization": f"Bearer {result.stdout.splitlines()[-1]}"}
+
+    alice, bob = create("alice", "predict"), create("bob", "predict")
+    url = f"{stack['api']}/models/minilm/predictions"
+    assert requests.post(url, json={"input": {"text": "whose?"}}, timeout=10).status_code == 401
+    submitted = requests.post(url, json={"input": {"text": "whose?"}}, headers=alice, timeout=10)
+    assert submitted.status_code == 202
+    location = stack["api"] + submitted.headers["Location"]
+    assert requests.get(location, headers=alice, timeout=10).status_code == 200
+    assert requests.get(location, headers=bob, timeout=10).status_code == 404
+    assert requests.get(f"{stack['api']}/batch-jobs", headers=alice, timeout=10).status_code == 403
+
+
 def test_batch_job_over_http_then_cache_hits(stack):
-    admin = {"Authorization": "Bearer e2e-admin"}
+    http = stack["http"]
     texts = [f"nightly sentence {i}" for i in range(30)]
     inputs = stack["data"] / "batch-inputs"
     inputs.mkdir(exist_ok=True)
     (inputs / "nightly.jsonl").write_text("".join(f'{{"text": "{text}"}}\n' for text in texts) + "oops\n")
     assert requests.post(f"{stack['api']}/batch-jobs", json={}, timeout=10).status_code == 401
-    created = requests.post(f"{stack['api']}/batch-jobs", headers=admin, timeout=10,
-                            json={"model": "minilm", "source": {"type": "jsonl", "path": "nightly.jsonl"}})
+    created = http.post(f"{stack['api']}/batch-jobs", timeout=10,
+                        json={"model": "minilm", "source": {"type": "jsonl", "path": "nightly.jsonl"}})
     assert created.status_code == 202, created.text
     url = stack["api"] + created.headers["Location"]
     job = wait_for(lambda: (lambda body: body if body["status"] == "succeeded" else None)(
-        requests.get(url, headers=admin, timeout=5).json()), 120, "batch job")
+        http.get(url, timeout=5).json()), 120, "batch job")
     assert (job["progress"]["done"], job["progress"]["invalid"]) == (30, 1)
     assert job["errors"][0]["line"] == 31
-    hit = requests.post(f"{stack['api']}/models/minilm/predictions", json={"input": {"text": texts[3]}}, timeout=10)
+    hit = http.post(f"{stack['api']}/models/minilm/predictions", json={"input": {"text": texts[3]}}, timeout=10)
     assert hit.status_code == 200 and hit.json()["cached"] is True
-    results = requests.get(url + "/results", headers=admin, timeout=10).text.splitlines()
+    results = http.get(url + "/results", timeout=10).text.splitlines()
     assert len(results) == 30

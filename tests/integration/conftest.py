@@ -6,11 +6,14 @@ import redis
 import yaml
 
 from app import create_app
+from app.keys import SCOPES, KeyStore
 from tasks.heartbeat import live_queues
 from tasks.settings import Settings
+from tests.auth import authorize
 from tests.fake_models import declaration
 from tests.processes import RedisServer, start_worker, stop_group, wait_for
 
+# The bootstrap key (FERRY_ADMIN_KEY) of `live_app`; `live_client` sends a stored key instead.
 ADMIN_KEY = "integration-admin-key"
 
 
@@ -79,6 +82,19 @@ def live_app(redis_url, worker, repository_file, data_dir):
                        "data_dir": str(data_dir), "admin_key": ADMIN_KEY})
 
 
+@pytest.fixture(scope="session")
+def api_key(real_redis) -> str:
+    """A stored key with both scopes; `live_client` and `auth_headers` send it."""
+    token, _ = KeyStore(real_redis).create("integration", SCOPES)
+    return token
+
+
 @pytest.fixture
-def live_client(live_app):
-    return live_app.test_client()
+def auth_headers(api_key) -> dict:
+    """For `requests` and other HTTP clients outside Flask's test client."""
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+@pytest.fixture
+def live_client(live_app, api_key):
+    return authorize(live_app.test_client(), api_key)

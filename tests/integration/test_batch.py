@@ -16,6 +16,7 @@ from tasks.celery_app import create_celery
 from tasks.context import WorkerContext
 from tasks.senders import CelerySender
 from tasks.settings import Settings
+from tests.auth import keyed_client
 from tests.integration.conftest import ADMIN_KEY, run_worker
 from tests.processes import BIN, ROOT, RedisServer, ferry_env, stop_group, wait_for
 from tests.support import test_split
@@ -149,7 +150,7 @@ def test_cli_precompute_then_cache_hits_with_no_worker_running(tmp_path):
         assert "input" in result.stderr  # the progress bar
 
         app = create_app({"TESTING": True, "redis_url": server.url})
-        client = app.test_client()
+        client = keyed_client(app)
         assert client.get("/health/ready").status_code == 503  # no worker at all
         hit = client.post("/models/minilm/predictions", json={"input": {"text": texts[7]}})
         assert hit.status_code == 200 and hit.json["cached"] is True

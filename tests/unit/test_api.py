@@ -11,6 +11,7 @@ from models.base import encode_output
 from app import create_app
 from tasks import records
 from tasks.senders import RecordingSender
+from tests.auth import keyed_client
 
 PIXELS = [0.0] * 64
 
@@ -108,7 +109,7 @@ def test_unknown_prediction_is_404(client):
 def test_failed_prediction_shows_error_not_traceback(client, app):
     store = app.extensions["ferry"].store
     record = store.create(model="minilm", version="1.0.0", queue="realtime-cpu",
-                          validated_input={"text": "x", "normalize": True}, cache_key="k")
+                          validated_input={"text": "x", "normalize": True}, cache_key="k", owner=client.api_key.id)
     store.update(record["id"], records.FAILED, error="RuntimeError: boom", finished_at="1.0")
     body = client.get(f"/predictions/{record['id']}").json
     assert body["status"] == "failed" and body["error"] == "RuntimeError: boom" and body["output"] is None
@@ -124,7 +125,7 @@ def test_prefer_wait_answers_200_when_done_in_time(fake_redis):
 
     app = create_app({"redis_url": "redis://unused:1/0"}, redis_client=fake_redis,
                      sender=RecordingSender(on_send=finish_soon))
-    response = app.test_client().post("/models/digits/predictions", json={"input": {"pixels": PIXELS}},
+    response = keyed_client(app).post("/models/digits/predictions", json={"input": {"pixels": PIXELS}},
                                       headers={"Prefer": "wait=5"})
     assert response.status_code == 200
     assert response.json["output"] == {"label": 7}
@@ -158,7 +159,7 @@ def test_broker_failure_leaves_no_record(fake_redis):
             raise OperationalError("broker down")
 
     app = create_app({"redis_url": "redis://unused:1/0"}, redis_client=fake_redis, sender=DownSender())
-    response = app.test_client().post("/models/minilm/predictions", json={"input": {"text": "hi"}})
+    response = keyed_client(app).post("/models/minilm/predictions", json={"input": {"text": "hi"}})
     assert response.status_code == 503
     assert fake_redis.keys("ferry:prediction:*") == []
 
@@ -195,7 +196,8 @@ def test_api_process_never_imports_torch():
         "from tasks.senders import RecordingSender\n"
         "app = create_app({'redis_url': 'redis://x:1/0'}, redis_client=fakeredis.FakeRedis(decode_responses=True),"
         " sender=RecordingSender())\n"
-        "c = app.test_client()\n"
+        "from tests.auth import keyed_client\n"
+        "c = keyed_client(app)\n"
         "assert c.post('/models/digits/predictions', json={'input': {'pixels': [0]*64}}).status_code == 202\n"
         "assert c.get('/models').status_code == 200\n"
         "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))\n"

@@ -10,6 +10,7 @@ from models.declaration import parse_repository
 from models.registry import Registry
 from tasks.context import WorkerContext
 from tasks.settings import Settings
+from tests.auth import keyed_client
 from tests.fake_models import declaration
 
 
@@ -187,27 +188,29 @@ def test_popular_source_precomputes_the_top_inputs(ctx):
 
 # --- the HTTP API ---------------------------------------------------------------------
 
-ADMIN = {"Authorization": "Bearer s3cret"}
+BOOTSTRAP = "bootstrap-admin-key-for-tests"
+ADMIN = {"Authorization": f"Bearer {BOOTSTRAP}"}
 
 
 @pytest.fixture
 def admin_app(fake_redis, sender, tmp_path, inputs_dir):
     from app import create_app
 
-    return create_app({"redis_url": "redis://unused:1/0", "admin_key": "s3cret", "data_dir": str(tmp_path)},
+    return create_app({"redis_url": "redis://unused:1/0", "admin_key": BOOTSTRAP, "data_dir": str(tmp_path)},
                       redis_client=fake_redis, sender=sender)
 
 
-def test_batch_routes_are_closed_without_an_admin_key(client):
-    response = client.get("/batch-jobs")
-    assert response.status_code == 403 and "FERRY_ADMIN_KEY" in response.json["message"]
+def test_batch_routes_are_closed_without_an_admin_key(app):
+    assert app.test_client().get("/batch-jobs").status_code == 401
+    response = keyed_client(app, scopes=["predict"]).get("/batch-jobs")
+    assert response.status_code == 403 and "admin" in response.json["message"]
 
 
 def test_batch_routes_need_the_right_key(admin_app):
     client = admin_app.test_client()
     assert client.get("/batch-jobs").status_code == 401
     assert client.get("/batch-jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert client.get("/batch-jobs", headers=ADMIN).json == []
+    assert client.get("/batch-jobs", headers=ADMIN).json == []  # the bootstrap key, FERRY_ADMIN_KEY
 
 
 def test_batch_job_lifecycle_over_http(admin_app, sender, inputs_dir):

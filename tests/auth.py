@@ -1,0 +1,19 @@
+"""API keys for tests: every client the fixtures hand out sends a valid key by default."""
+from __future__ import annotations
+
+from app.keys import SCOPES
+
+
+def authorize(client, token: str):
+    """Make `client` (Flask's test client) send `token` on every request."""
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client
+
+
+def keyed_client(app, scopes=SCOPES, name: str = "tests"):
+    """A test client of `app` with a new key holding `scopes`, stored in the app's Redis.
+    `client.api_key.id` is the owner to give records a test writes into the store itself."""
+    token, api_key = app.extensions["ferry"].keys.create(name, scopes)
+    client = authorize(app.test_client(), token)
+    client.api_key = api_key
+    return client
