@@ -6,7 +6,7 @@ import threading
 
 from flask import Flask
 
-from app import auth, docs, errors
+from app import auth, docs, errors, metrics
 from app.keys import KeyStore
 from app.resources import batch_jobs, health, models, predictions
 from app.services import Services
@@ -67,4 +67,5 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
         api.register_blueprint(blueprint)
     errors.init_app(app, settings.retry_after_s)
     docs.init_app(app)
+    metrics.init_app(app)
     return app

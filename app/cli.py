@@ -89,13 +89,19 @@ def embedded_redis() -> None:
 def api() -> None:
     """Serve the API under gunicorn."""
     s = Settings.from_env()
+    # gunicorn's processes add up their Prometheus values through files in this directory;
+    # values left by an earlier run would be counted again.
+    metrics_dir = s.api_metrics_dir
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     _exec([
         _tool("gunicorn"), "--bind", f"{s.api_host}:{s.api_port}", "--workers", str(s.api_workers),
         "--worker-class", "gthread", "--threads", str(s.api_threads), "--log-level", s.log_level,
         # One shared control socket per machine would let one instance steal another's.
         "--no-control-socket",
         "app:create_app()",
-    ])
+    ], env)
 
 
 @main.command()

@@ -21,7 +21,7 @@ from celery.signals import task_failure
 from models.base import predict_isolated
 from models.declaration import ModelSpec
 from models.registry import UnknownModel
-from tasks import records
+from tasks import metrics, records
 from tasks.celery_app import PREDICT_TASK, SWEEP_TASK
 from tasks.context import WorkerContext, current
 
@@ -47,7 +47,7 @@ def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
     try:
         spec = ctx.registry.get(record["model"])
     except UnknownModel:
-        return _fail(ctx, prediction_id, f"Model {record['model']!r} is not served any more.")
+        return _fail(ctx, prediction_id, f"Model {record['model']!r} is not served any more.", record["model"])
     won, taken = ctx.store.claim_and_take(prediction_id, worker_name(), _claim_ttl(spec),
                                           spec.name, spec.version, spec.max_batch_size - 1)
     if not won:
@@ -91,13 +91,19 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
         ctx.store.update(prediction_id, records.RUNNING, pipe=pipe, started_at=started, batch_size=len(ids))
         pipe.hincrby(ctx.store.key(prediction_id), "attempts", 1)
     pipe.execute()
+    observed = metrics.Observations(ctx.settings.key_prefix)
+    for record in batch:
+        observed.observe(metrics.QUEUE_WAIT, spec.name, max(0.0, float(started) - float(record["queued_at"])))
     outcomes: list[tuple[str | None, str | None]]
     try:
         if batch[0]["version"] != spec.version:
             raise LookupError(f"version {batch[0]['version']} of model {spec.name} is no longer served")
         model = ctx.pool.get(spec)
-        outcomes = predict_isolated(model, [json.loads(record["input"]) for record in batch],
-                                    fatal=(SoftTimeLimitExceeded,))
+        inputs = [json.loads(record["input"]) for record in batch]
+        forward_started = time.perf_counter()
+        outcomes = predict_isolated(model, inputs, fatal=(SoftTimeLimitExceeded,))
+        observed.observe(metrics.PREDICT_SECONDS, spec.name, time.perf_counter() - forward_started)
+        observed.observe(metrics.BATCH_SIZE, spec.name, len(batch))
     except SoftTimeLimitExceeded:
         outcomes = [(None, f"Timed out after {spec.timeout_s:g} s.")] * len(batch)
     except Exception as exc:  # loading the model failed: every prediction in the batch says why
@@ -114,14 +120,21 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
         else:
             ctx.store.update(record["id"], records.FAILED, pipe=pipe, error=error, finished_at=finished)
             statuses[record["id"]] = records.FAILED
+    succeeded = sum(status == records.SUCCEEDED for status in statuses.values())
+    observed.count(metrics.COMPLETED, spec.name, succeeded)
+    observed.count(metrics.FAILED, spec.name, len(statuses) - succeeded)
+    observed.write(pipe)
     ctx.store.release(ids, pipe=pipe)
     pipe.execute()
     return statuses
 
 
-def _fail(ctx: WorkerContext, prediction_id: str, message: str) -> str:
+def _fail(ctx: WorkerContext, prediction_id: str, message: str, model: str) -> str:
     pipe = ctx.redis.pipeline(transaction=False)
     ctx.store.update(prediction_id, records.FAILED, pipe=pipe, error=message, finished_at=repr(time.time()))
+    observed = metrics.Observations(ctx.settings.key_prefix)
+    observed.count(metrics.FAILED, model)
+    observed.write(pipe)
     ctx.store.release([prediction_id], pipe=pipe)
     pipe.execute()
     return records.FAILED
@@ -136,7 +149,8 @@ def sweep(ctx: WorkerContext, send) -> list[str]:
         if record is None or record["status"] in records.TERMINAL:
             ctx.store.release([prediction_id])
         elif int(record.get("attempts", 0)) >= MAX_ATTEMPTS:
-            _fail(ctx, prediction_id, f"The worker stopped while running this prediction, {MAX_ATTEMPTS} times.")
+            _fail(ctx, prediction_id, f"The worker stopped while running this prediction, {MAX_ATTEMPTS} times.",
+                  record["model"])
         else:
             ctx.store.release([prediction_id])
             spec = ctx.registry.get(record["model"])
@@ -165,4 +179,4 @@ def _hard_time_limit(sender=None, task_id=None, exception=None, args=None, **kwa
         ctx = current()
         record = ctx.store.get(args[0])
         if record is not None and record["status"] not in records.TERMINAL:
-            _fail(ctx, args[0], f"Timed out: stopped after {exception.args[0]:g} s.")
+            _fail(ctx, args[0], f"Timed out: stopped after {exception.args[0]:g} s.", record["model"])

@@ -43,6 +43,9 @@ class Settings:
     flower_password: str = ""
     embedded_redis_port: int = 6390
     log_level: str = "info"
+    # Where the API's gunicorn processes keep their Prometheus values (emptied by `ferry api`
+    # at start); one directory per API instance. Default: <data_dir>/api-metrics.
+    metrics_dir: str = ""
     # Optional bootstrap API key with every scope, held only in the environment (app/keys.py);
     # other keys are made with `ferry keys create`.
     admin_key: str = ""
@@ -59,6 +62,10 @@ class Settings:
     popular_max: int = 10_000
     # Inputs longer than this (canonical JSON) are not counted: images would bloat the set.
     popular_max_input_bytes: int = 4096
+
+    @property
+    def api_metrics_dir(self) -> Path:
+        return Path(self.metrics_dir or Path(self.data_dir) / "api-metrics")
 
     @property
     def batch_inputs(self) -> Path:

@@ -12,6 +12,7 @@ from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import ValidationError
 
+from app import metrics
 from app.auth import current_key, owned_or_404
 from app.keys import PREDICT
 from app.parsing import Blueprint
@@ -100,8 +101,10 @@ class Submissions(MethodView):
         output = ferry.cache.get(
             cache_key, also=lambda pipe: ferry.popularity.count(pipe, spec.name, spec.version, validated))
         if output is not None:
+            metrics.CACHE_HITS.labels(spec.name).inc()
             return {"model": spec.name, "version": spec.version, "status": records.SUCCEEDED,
                     "cached": True, "output": output}, 200
+        metrics.CACHE_MISSES.labels(spec.name).inc()
         record = ferry.store.create(
             model=spec.name, version=spec.version, queue=spec.queue, validated_input=validated, cache_key=cache_key,
             owner=current_key().id,
@@ -112,6 +115,7 @@ class Submissions(MethodView):
             # Never leave a record behind for a task that was not queued.
             ferry.store.delete(record["id"])
             raise
+        metrics.SUBMITTED.labels(spec.name).inc()
         headers = {"Location": url_for("predictions.PredictionById", prediction_id=record["id"])}
         wait_s = prefer_wait(ferry.settings.max_wait_s)
         if wait_s and ferry.waiters.acquire(blocking=False):

@@ -150,3 +150,22 @@ def test_batch_job_over_http_then_cache_hits(stack):
     assert hit.status_code == 200 and hit.json()["cached"] is True
     results = http.get(url + "/results", timeout=10).text.splitlines()
     assert len(results) == 30
+
+
+def test_metrics_add_up_across_api_processes_and_workers(stack):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pixels = [min(float(v), 16.0) for v in range(64)]
+    submitted = requests.post(f"{stack['api']}/models/digits/predictions", json={"input": {"pixels": pixels}},
+                              timeout=10)
+    assert submitted.status_code == 202, submitted.text
+    assert poll(stack["api"] + submitted.headers["Location"])["status"] == "succeeded"
+    response = requests.get(f"{stack['api']}/metrics", timeout=10)
+    assert response.status_code == 200
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(response.text) for s in family.samples}
+    submits = {"method": "POST", "route": "/models/<name>/predictions", "status": "202"}
+    assert samples[("ferry_http_requests_total", tuple(sorted(submits.items())))] >= 1
+    assert samples[("ferry_predictions_completed_total", (("model", "digits"),))] >= 1
+    assert samples[("ferry_worker_predict_duration_seconds_count", (("model", "digits"),))] >= 1
+    assert ("ferry_queue_depth", (("queue", "realtime-cpu"),)) in samples
