@@ -156,10 +156,10 @@ def test_metrics_add_up_across_api_processes_and_workers(stack):
     from prometheus_client.parser import text_string_to_metric_families
 
     pixels = [min(float(v), 16.0) for v in range(64)]
-    submitted = requests.post(f"{stack['api']}/models/digits/predictions", json={"input": {"pixels": pixels}},
-                              timeout=10)
+    submitted = stack["http"].post(f"{stack['api']}/models/digits/predictions", json={"input": {"pixels": pixels}},
+                                   timeout=10)
     assert submitted.status_code == 202, submitted.text
-    assert poll(stack["api"] + submitted.headers["Location"])["status"] == "succeeded"
+    assert poll(stack["http"], stack["api"] + submitted.headers["Location"])["status"] == "succeeded"
     response = requests.get(f"{stack['api']}/metrics", timeout=10)
     assert response.status_code == 200
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
