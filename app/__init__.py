@@ -6,7 +6,7 @@ import threading
 
 from flask import Flask
 
-from app import auth, docs, errors, metrics
+from app import auth, docs, errors, metrics, ratelimit
 from app.keys import KeyStore
 from app.resources import batch_jobs, health, models, predictions
 from app.services import Services
@@ -58,7 +58,7 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
         sender=sender,
         popularity=PopularityCounter(settings.key_prefix, settings.popular_max, settings.popular_max_input_bytes),
         waiters=threading.BoundedSemaphore(settings.max_waiters),
-        keys=KeyStore(redis_client, settings.key_prefix, settings.admin_key),
+        keys=KeyStore(redis_client, settings.key_prefix, settings.admin_key, settings.key_cache_s),
     )
 
     api = errors.FerryApi(app)
@@ -68,4 +68,6 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
     errors.init_app(app, settings.retry_after_s)
     docs.init_app(app)
     metrics.init_app(app)
+    # Last, so that metrics see the 429s too.
+    ratelimit.init_app(app, settings, redis_client)
     return app

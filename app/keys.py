@@ -8,6 +8,9 @@ guess from the digest, and a slow password hash would cost every request.
 `FERRY_ADMIN_KEY`, when set, is one more key with every scope, held by the API's
 environment and never written to Redis, so that a fresh deployment (and `ferry dev`)
 can be used before any key is created. It is revoked by unsetting it.
+
+An API process remembers a key it has found for `cache_s` seconds (FERRY_KEY_CACHE_S), so
+most requests cost no lookup; a key revoked elsewhere is refused there within that time.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ SCOPES = (PREDICT, ADMIN)
 # Recognisable in logs and to secret scanners; the rest is random.
 TOKEN_PREFIX = "ferry_"
 MIN_BOOTSTRAP_LENGTH = 16
+_CACHE_MAX = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +59,11 @@ def check_scopes(scopes) -> tuple[str, ...]:
 
 
 class KeyStore:
-    def __init__(self, redis, prefix: str = "ferry:", bootstrap_token: str = ""):
+    def __init__(self, redis, prefix: str = "ferry:", bootstrap_token: str = "", cache_s: float = 0.0):
         self.redis = redis
         self.key = f"{prefix}api-keys"
+        self.cache_s = cache_s
+        self._found: dict[str, tuple[float, ApiKey]] = {}  # digest -> (until, key); found keys only
         self.bootstrap: tuple[str, ApiKey] | None = None
         if bootstrap_token:
             if len(bootstrap_token) < MIN_BOOTSTRAP_LENGTH:
@@ -77,8 +83,18 @@ class KeyStore:
         hashed = digest(token)
         if self.bootstrap is not None and hmac.compare_digest(hashed, self.bootstrap[0]):
             return self.bootstrap[1]
+        remembered = self._found.get(hashed)
+        if remembered is not None and remembered[0] > time.monotonic():
+            return remembered[1]
         raw = self.redis.hget(self.key, hashed)
-        return ApiKey.from_json(raw) if raw else None
+        if not raw:
+            return None
+        api_key = ApiKey.from_json(raw)
+        if self.cache_s > 0:
+            if len(self._found) >= _CACHE_MAX:
+                self._found.clear()
+            self._found[hashed] = (time.monotonic() + self.cache_s, api_key)
+        return api_key
 
     def _all(self) -> dict[str, ApiKey]:
         return {hashed: ApiKey.from_json(raw) for hashed, raw in self.redis.hgetall(self.key).items()}
@@ -92,5 +108,6 @@ class KeyStore:
         for hashed, api_key in self._all().items():
             if api_key.id == key_id:
                 self.redis.hdel(self.key, hashed)
+                self._found.pop(hashed, None)
                 return api_key
         return None

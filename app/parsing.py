@@ -21,12 +21,16 @@ class JsonBodyParser(FlaskParser):
             return self._handle_invalid_json_error(exc, req)
 
 
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}
+
+
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = JsonBodyParser()
 
     def requires(self, scope: str):
         """Decorator, outermost on a view: it runs only for an API key with `scope`
-        (401 without a valid key, 403 without the scope), and the OpenAPI document says so."""
+        (401 without a valid key, 403 without the scope), and the OpenAPI document says so,
+        with the 429 of the key's rate limit (app/ratelimit.py)."""
 
         def decorator(func):
             guarded = require_scope(scope)(func)
@@ -35,6 +39,8 @@ class Blueprint(flask_smorest.Blueprint):
                 (403, f"The API key lacks the `{scope}` scope."),
             ):
                 guarded = self.alt_response(status, schema=ErrorSchema, description=description)(guarded)
+            guarded = self.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER,
+                                        description="Over the key's rate limit; retry after `Retry-After` seconds.")(guarded)
             return self.doc(security=[{SECURITY_SCHEME: []}])(guarded)
 
         return decorator

@@ -46,6 +46,11 @@ class Settings:
     # Where the API's gunicorn processes keep their Prometheus values (emptied by `ferry api`
     # at start); one directory per API instance. Default: <data_dir>/api-metrics.
     metrics_dir: str = ""
+    # Requests per API key (or per address without a valid key), flask-limiter's notation; health
+    # probes and docs are never limited.
+    rate_limit: str = "100/second;3000/minute"
+    # How long an API process trusts an API key it has looked up; a revocation takes this long.
+    key_cache_s: float = 5.0
     # Optional bootstrap API key with every scope, held only in the environment (app/keys.py);
     # other keys are made with `ferry keys create`.
     admin_key: str = ""

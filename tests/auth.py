@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from app.keys import SCOPES
 
+# The fixtures' apps lift the per-key rate limit out of the way of tests that send many
+# requests; tests/unit/test_ratelimit.py sets its own.
+TEST_RATE_LIMIT = "100000/second"
+
 
 def authorize(client, token: str):
     """Make `client` (Flask's test client) send `token` on every request."""

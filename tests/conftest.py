@@ -10,7 +10,7 @@ import pytest
 
 from app import create_app
 from tasks.senders import RecordingSender
-from tests.auth import keyed_client
+from tests.auth import TEST_RATE_LIMIT, keyed_client
 
 
 @pytest.fixture
@@ -30,7 +30,8 @@ def sender():
 
 @pytest.fixture
 def app(fake_redis, sender):
-    return create_app({"TESTING": True, "redis_url": "redis://unused:1/0"}, redis_client=fake_redis, sender=sender)
+    return create_app({"TESTING": True, "redis_url": "redis://unused:1/0", "rate_limit": TEST_RATE_LIMIT},
+                      redis_client=fake_redis, sender=sender)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from app import create_app
 from app.keys import SCOPES, KeyStore
 from tasks.heartbeat import live_queues
 from tasks.settings import Settings
-from tests.auth import authorize
+from tests.auth import TEST_RATE_LIMIT, authorize
 from tests.fake_models import declaration
 from tests.processes import RedisServer, start_worker, stop_group, wait_for
 
@@ -79,7 +79,7 @@ def batch_worker(redis_url, real_redis, tmp_path_factory, repository_file, data_
 @pytest.fixture
 def live_app(redis_url, worker, repository_file, data_dir):
     return create_app({"TESTING": True, "redis_url": redis_url, "model_repository": str(repository_file),
-                       "data_dir": str(data_dir), "admin_key": ADMIN_KEY})
+                       "data_dir": str(data_dir), "admin_key": ADMIN_KEY, "rate_limit": TEST_RATE_LIMIT})
 
 
 @pytest.fixture(scope="session")

@@ -119,3 +119,18 @@ def test_keys_cli_create_list_revoke(monkeypatch, fake_redis):
     assert runner.invoke(ferry, ["keys", "revoke", api_key.id]).exit_code == 0
     assert KeyStore(fake_redis).lookup(token) is None
     assert runner.invoke(ferry, ["keys", "revoke", api_key.id]).exit_code != 0
+
+
+def test_a_process_trusts_a_found_key_for_key_cache_s(fake_redis, monkeypatch):
+    import app.keys
+
+    clock = [1000.0]
+    monkeypatch.setattr(app.keys.time, "monotonic", lambda: clock[0])
+    here, elsewhere = KeyStore(fake_redis, cache_s=5), KeyStore(fake_redis)
+    token, api_key = elsewhere.create("web", ["predict"])
+    assert here.lookup(token) == api_key
+    elsewhere.revoke(api_key.id)  # another process
+    assert here.lookup(token) == api_key
+    clock[0] += 5.1
+    assert here.lookup(token) is None
+    assert KeyStore(fake_redis, cache_s=5).lookup("ferry_never-made") is None
