@@ -58,6 +58,7 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
         sender=sender,
         popularity=PopularityCounter(settings.key_prefix, settings.popular_max, settings.popular_max_input_bytes),
         waiters=threading.BoundedSemaphore(settings.max_waiters),
+        streams=threading.BoundedSemaphore(settings.max_event_streams),
         keys=KeyStore(redis_client, settings.key_prefix, settings.admin_key, settings.key_cache_s),
     )
 

@@ -26,6 +26,12 @@ class PredictionSchema(Schema):
     version = fields.String()
     status = fields.String(metadata={"enum": ["queued", "running", "succeeded", "failed", "canceled"]})
     cached = fields.Boolean()
+    queue_position = fields.Integer(allow_none=True, metadata={
+        "description": "While queued: 1 when it is the next prediction of its model to run, 2 after that, ..."})
+    progress = fields.Float(allow_none=True, metadata={
+        "description": "0 to 1, for models that report their progress; 1 once succeeded."})
+    partial_output = fields.Dict(allow_none=True, metadata={
+        "description": "While running: the output so far, for models that report one."})
     output = fields.Dict(allow_none=True)
     error = fields.String(allow_none=True)
     timings = fields.Nested(TimingsSchema, allow_none=True)

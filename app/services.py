@@ -27,6 +27,8 @@ class Services:
     keys: KeyStore
     # Bounds the API threads that `Prefer: wait` may hold, so probes and submits still get one.
     waiters: threading.BoundedSemaphore
+    # Bounds the API threads that event streams may hold, for the same reason.
+    streams: threading.BoundedSemaphore
 
 
 def services() -> Services:

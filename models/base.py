@@ -1,7 +1,16 @@
 """The model interface: a model author writes `setup` and `predict`; the rest has defaults."""
 from __future__ import annotations
 
+import contextlib
 import json
+from typing import Callable
+
+# (index of the item in the batch, fraction done in 0..1, partial output or None)
+ProgressCallback = Callable[[int, float, "dict | None"], None]
+
+
+def _ignore_progress(index: int, fraction: float, partial: dict | None = None) -> None:
+    pass
 
 
 class Model:
@@ -10,10 +19,18 @@ class Model:
     `setup(device)` runs once per worker process, on first use, and loads weights.
     `predict(batch)` always receives a list of validated inputs (dicts, defaults applied)
     and must return a list of JSON-serialisable dicts of the same length.
+    A long-running model may call `self.report_progress(index, fraction, partial)` from
+    `predict`; whoever follows that prediction sees it at once.
     """
 
     name: str = ""
     version: str = ""
+    _progress: ProgressCallback = staticmethod(_ignore_progress)
+
+    def report_progress(self, index: int, fraction: float, partial: dict | None = None) -> None:
+        """Item `index` of the current batch is `fraction` (0..1) done; `partial`, when
+        given, is a JSON-serialisable output so far (shown to watchers, never cached)."""
+        self._progress(index, fraction, partial)
 
     def setup(self, device: str) -> None:
         """Load weights onto `device` ("cpu", "cuda:0", ...)."""
@@ -52,21 +69,39 @@ def encode_output(output: dict) -> str:
         ) from None
 
 
-def predict_isolated(model: Model, inputs: list[dict], fatal: tuple = ()) -> list[tuple[str | None, str | None]]:
+@contextlib.contextmanager
+def reporting(model: Model, progress: ProgressCallback | None, offset: int = 0):
+    """Route the model's `report_progress` calls to `progress` while it runs, with item
+    indices shifted by `offset` (when a batch is retried item by item)."""
+    if progress is None:
+        yield
+        return
+    model._progress = lambda index, fraction, partial=None: progress(offset + index, fraction, partial)
+    try:
+        yield
+    finally:
+        del model._progress
+
+
+def predict_isolated(model: Model, inputs: list[dict], fatal: tuple = (),
+                     progress: ProgressCallback | None = None) -> list[tuple[str | None, str | None]]:
     """`(encoded output, None)` or `(None, error)` per input: one forward pass for the
     batch, and if that fails, item by item, so that one bad input fails alone. Exceptions
-    in `fatal` (a time limit, say) are not retried item by item."""
+    in `fatal` (a time limit, say) are not retried item by item. `progress` receives the
+    model's progress reports, with indices into `inputs`."""
     if len(inputs) > 1:
         try:
-            return [(encode_output(output), None) for output in checked_predict(model, inputs)]
+            with reporting(model, progress):
+                return [(encode_output(output), None) for output in checked_predict(model, inputs)]
         except fatal:
             raise
         except Exception:
             pass
     results: list[tuple[str | None, str | None]] = []
-    for item in inputs:
+    for index, item in enumerate(inputs):
         try:
-            results.append((encode_output(checked_predict(model, [item])[0]), None))
+            with reporting(model, progress, offset=index):
+                results.append((encode_output(checked_predict(model, [item])[0]), None))
         except fatal:
             raise
         except Exception as exc:

@@ -24,6 +24,7 @@ from models.registry import UnknownModel
 from tasks import metrics, records
 from tasks.celery_app import PREDICT_TASK, SWEEP_TASK
 from tasks.context import WorkerContext, current
+from tasks.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 # A prediction whose worker died this many times fails instead of killing another one.
@@ -90,6 +91,7 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
     for prediction_id in ids:
         ctx.store.update(prediction_id, records.RUNNING, pipe=pipe, started_at=started, batch_size=len(ids))
         pipe.hincrby(ctx.store.key(prediction_id), "attempts", 1)
+    ctx.store.announce_taken(spec.name, spec.version, pipe)
     pipe.execute()
     observed = metrics.Observations(ctx.settings.key_prefix)
     for record in batch:
@@ -101,7 +103,8 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
         model = ctx.pool.get(spec)
         inputs = [json.loads(record["input"]) for record in batch]
         forward_started = time.perf_counter()
-        outcomes = predict_isolated(model, inputs, fatal=(SoftTimeLimitExceeded,))
+        outcomes = predict_isolated(model, inputs, fatal=(SoftTimeLimitExceeded,),
+                                    progress=ProgressReporter(ctx.store, ids))
         observed.observe(metrics.PREDICT_SECONDS, spec.name, time.perf_counter() - forward_started)
         observed.observe(metrics.BATCH_SIZE, spec.name, len(batch))
     except SoftTimeLimitExceeded:

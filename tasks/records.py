@@ -1,7 +1,8 @@
 """Prediction records in Redis.
 
     {prefix}prediction:{id}          hash: the record (status, input, output, timings)
-    {prefix}events:{id}              pub/sub channel of its status changes
+    {prefix}events:{id}              pub/sub channel of its status and progress changes
+    {prefix}queue-events:{model}:{ver}  pub/sub channel: queued ids of the model were taken
     {prefix}pending:{model}:{ver}    list of queued ids, from which a worker fills a batch
     {prefix}claim:{id}               which worker process runs it now (expires)
     {prefix}claims                   sorted set: id -> claim deadline, for the sweeper
@@ -19,6 +20,8 @@ import uuid
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
+# Published on a prediction's channel when its progress changed but not its status.
+PROGRESS = "progress"
 
 
 def new_prediction_id() -> str:
@@ -40,6 +43,9 @@ class PredictionStore:
 
     def channel(self, prediction_id: str) -> str:
         return f"{self.prefix}events:{prediction_id}"
+
+    def queue_channel(self, model: str, version: str) -> str:
+        return f"{self.prefix}queue-events:{model}:{version}"
 
     def create(self, *, model: str, version: str, queue: str, validated_input: dict, cache_key: str,
                owner: str = "") -> dict:
@@ -137,6 +143,27 @@ class PredictionStore:
         target.publish(self.channel(prediction_id), status)
         if pipe is None:
             target.execute()
+
+    def report_progress(self, prediction_id: str, fraction: float, partial: str | None = None) -> None:
+        """Record how far a running prediction has come (and its partial output, encoded);
+        never its status, which may have moved on (canceled) meanwhile."""
+        mapping = {"progress": repr(fraction)}
+        if partial is not None:
+            mapping["partial"] = partial
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.key(prediction_id), mapping=mapping)
+        pipe.publish(self.channel(prediction_id), PROGRESS)
+        pipe.execute()
+
+    def announce_taken(self, model: str, version: str, pipe) -> None:
+        """Queued ids of the model were taken into a batch: the others moved up."""
+        pipe.publish(self.queue_channel(model, version), "taken")
+
+    def queue_position(self, record: dict) -> int | None:
+        """1 for the next prediction of its model to be taken, 2 after it, ...; None when
+        it is not waiting in the model's pending list."""
+        index = self.redis.lpos(self.pending_key(record["model"], record["version"]), record["id"])
+        return None if index is None else index + 1
 
     def wait(self, prediction_id: str, timeout_s: float) -> dict | None:
         """The record once it is terminal, or as it stands when `timeout_s` runs out."""

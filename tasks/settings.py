@@ -24,6 +24,12 @@ class Settings:
     max_wait_s: float = 30.0
     # Requests per API process that may wait at once; past it, `Prefer: wait` gets 202 at once.
     max_waiters: int = 4
+    # Event streams (GET /predictions/{id}/events) per API process: each holds a thread while
+    # open. Past it, 503 and clients poll. Waiters plus streams stay below api_threads.
+    max_event_streams: int = 8
+    event_stream_max_s: float = 300.0
+    # Comment lines this often keep proxies from closing a quiet stream.
+    event_heartbeat_s: float = 10.0
     redis_timeout_s: float = 2.0
     retry_after_s: int = 5
     # Workers heartbeat at this interval; readiness trusts a beat twice as old.
@@ -37,7 +43,8 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_workers: int = 2
-    api_threads: int = 8
+    # Threads per API process: room for max_waiters + max_event_streams held requests and more.
+    api_threads: int = 16
     flower_port: int = 5555
     flower_user: str = "ferry"
     flower_password: str = ""

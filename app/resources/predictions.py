@@ -15,6 +15,7 @@ from marshmallow import ValidationError
 from app import metrics
 from app.auth import current_key, owned_or_404
 from app.keys import PREDICT
+from app.events import PredictionEvents
 from app.parsing import Blueprint
 from app.resources.models import spec_or_404
 from app.schemas import ErrorSchema, PredictionSchema, SubmitSchema
@@ -40,14 +41,24 @@ def _millis(start: str | None, end: str | None) -> float | None:
     return round((float(end) - float(start)) * 1000, 3) if start and end else None
 
 
-def view(record: dict) -> dict:
+def _progress(record: dict) -> float | None:
+    if record["status"] == records.SUCCEEDED:
+        return 1.0
+    return float(record["progress"]) if record.get("progress") else None
+
+
+def view(record: dict, queue_position: int | None = None) -> dict:
     """A stored record as the API shows it: no input echo, parsed output, timings."""
+    running = record["status"] == records.RUNNING
     return {
         "id": record["id"],
         "model": record["model"],
         "version": record["version"],
         "status": record["status"],
         "cached": False,
+        "queue_position": queue_position,
+        "progress": _progress(record),
+        "partial_output": json.loads(record["partial"]) if running and record.get("partial") else None,
         "output": json.loads(record["output"]) if record.get("output") else None,
         "error": record.get("error"),
         "batch_size": int(record["batch_size"]) if record.get("batch_size") else None,
@@ -135,6 +146,38 @@ class PredictionById(MethodView):
     @blp.response(200, PredictionSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No prediction with this id (never issued, or expired).")
     def get(self, prediction_id: str):
-        """A prediction's status, output or error, and timings."""
-        record = services().store.get(prediction_id) if records.is_prediction_id(prediction_id) else None
-        return view(owned_or_404(record, f"No prediction with id {prediction_id!r}."))
+        """A prediction's status, queue position or progress, output or error, and timings."""
+        store = services().store
+        record = owned_prediction(prediction_id)
+        return view(record, store.queue_position(record) if record["status"] == records.QUEUED else None)
+
+
+def owned_prediction(prediction_id: str) -> dict:
+    record = services().store.get(prediction_id) if records.is_prediction_id(prediction_id) else None
+    return owned_or_404(record, f"No prediction with id {prediction_id!r}.")
+
+
+def _shown(record: dict, queue_position: int | None) -> dict:
+    return PredictionSchema().dump(view(record, queue_position))
+
+
+@blp.route("/predictions/<prediction_id>/events")
+class PredictionEventStream(MethodView):
+    @blp.requires(PREDICT)
+    @blp.doc(responses={"200": {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": (
+        "Server-sent events until the prediction is done: `event: status` when its status changed, "
+        "`event: progress` when its queue position, progress or partial output did; `data` is the "
+        "prediction as GET /predictions/{id} shows it. Lines starting with `:` are heartbeats.")}})
+    @blp.alt_response(404, schema=ErrorSchema, description="No prediction with this id (never issued, or expired).")
+    @blp.alt_response(503, schema=ErrorSchema,
+                      description="Too many open streams on this server, or Redis is unreachable: poll instead.")
+    def get(self, prediction_id: str):
+        """Follow a prediction live: its status, queue position, progress and partial output."""
+        ferry = services()
+        record = owned_prediction(prediction_id)
+        if not ferry.streams.acquire(blocking=False):
+            abort(503, message="Too many event streams are open on this server; poll GET /predictions/{id}.",
+                  headers={"Retry-After": str(ferry.settings.retry_after_s)})
+        events = PredictionEvents(ferry.store, record, _shown, ferry.streams,
+                                  ferry.settings.event_heartbeat_s, ferry.settings.event_stream_max_s)
+        return events.response()

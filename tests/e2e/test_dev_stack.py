@@ -2,6 +2,7 @@
 embedded redis-server, gunicorn API, Celery worker, beat and Flower under honcho."""
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -169,3 +170,20 @@ def test_metrics_add_up_across_api_processes_and_workers(stack):
     assert samples[("ferry_predictions_completed_total", (("model", "digits"),))] >= 1
     assert samples[("ferry_worker_predict_duration_seconds_count", (("model", "digits"),))] >= 1
     assert ("ferry_queue_depth", (("queue", "realtime-cpu"),)) in samples
+
+
+def test_events_stream_through_gunicorn_as_they_happen(stack):
+    http = stack["http"]
+    submitted = http.post(f"{stack['api']}/models/pi/predictions", timeout=10,
+                          json={"input": {"rounds": 4, "points_per_round": 10000, "pause_s": 0.3}})
+    assert submitted.status_code == 202, submitted.text
+    kinds, last = [], None
+    with http.get(stack["api"] + submitted.headers["Location"] + "/events", stream=True, timeout=60) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        for line in response.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                kinds.append(line[len("event: "):])
+            elif line.startswith("data: "):
+                last = json.loads(line[len("data: "):])
+    assert kinds[0] == "status" and "progress" in kinds
+    assert last["status"] == "succeeded" and last["output"]["points"] == 40000

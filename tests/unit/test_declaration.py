@@ -29,8 +29,8 @@ def registry():
     return Registry.from_file(Settings().model_repository)
 
 
-def test_shipped_repository_declares_both_builtin_models(registry):
-    assert registry.names() == ["digits", "minilm"]
+def test_shipped_repository_declares_the_builtin_models(registry):
+    assert registry.names() == ["digits", "minilm", "pi"]
     assert registry.get("minilm").max_batch_size == 32
     assert registry.queues == {"realtime-cpu"}
 
