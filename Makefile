@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test install clean
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+.PHONY: dev test install clean bench bench-env
 
 dev: $(STAMP)
 	$(BIN)/ferry dev
@@ -21,5 +24,19 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Benchmarks run in their own virtualenv, so that bench-only packages (LitServe) never
+# reach the product's; the load generator is wrk (the Debian package, installed when missing).
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m bench.report
+
+bench-env: $(BENCH_STAMP)
+
+$(BENCH_STAMP): requirements.txt bench/requirements.txt pyproject.toml
+	command -v wrk >/dev/null || (apt-get install -y wrk || sudo apt-get install -y wrk)
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r requirements.txt -r bench/requirements.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(BENCH_STAMP)
+
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) $(BENCH_VENV) var

@@ -12,6 +12,7 @@ import click
 from app.keys_cli import keys as keys_cli
 from app.keys import TOKEN_PREFIX
 from batch_jobs.cli import batch as batch_cli
+from tasks import devices
 from tasks.settings import ROOT, Settings
 
 PROCFILE = ROOT / "Procfile"
@@ -104,18 +105,56 @@ def api() -> None:
     ], env)
 
 
-@main.command()
-@click.option("--queues", "-Q", default=None, help="Queues to consume (default: FERRY_WORKER_QUEUES).")
-@click.option("--concurrency", "-c", type=int, default=None, help="Processes (default: FERRY_WORKER_CONCURRENCY).")
-def worker(queues: str | None, concurrency: int | None) -> None:
-    """Run a Celery worker for the model queues."""
-    s = Settings.from_env()
-    _exec([
-        _tool("celery"), "-A", "tasks.worker", "worker", "--loglevel", s.log_level,
-        "--queues", queues or s.worker_queues, "--concurrency", str(concurrency or s.worker_concurrency),
+def worker_command(settings: Settings, queues: str | None = None, concurrency: int | None = None,
+                   device: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The Celery command line of a worker and the environment it adds. A CUDA device gets
+    one process (one per GPU) and, by default, the queues of its device (tasks/devices.py)."""
+    try:
+        device = devices.normalise(device or settings.device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
+    if device == "auto":
+        raise click.BadParameter("resolve auto to cpu or cuda:N first", param_hint="--device")
+    queues = queues or settings.worker_queues or ",".join(devices.device_queues(device))
+    if devices.is_cuda(device):
+        if concurrency not in (None, 1):
+            raise click.UsageError(f"A GPU worker runs one process: start one worker per GPU, not "
+                                   f"--concurrency {concurrency} on {device}.")
+        concurrency = 1
+    name = device.replace(":", "-") if devices.is_cuda(device) else queues.split(",")[0]
+    argv = [
+        _tool("celery"), "-A", "tasks.worker", "worker", "--loglevel", settings.log_level,
+        "--queues", queues, "--concurrency", str(concurrency or settings.worker_concurrency),
+        # prefork: the parent never imports torch, so each child initialises CUDA itself.
+        "--pool", "prefork",
         # Unique per process: several workers per machine (one per GPU) each need a heartbeat.
-        "--hostname", f"ferry-{(queues or s.worker_queues).split(',')[0]}-{os.getpid()}@%h",
-    ])
+        "--hostname", f"ferry-{name}-{os.getpid()}@%h",
+    ]
+    return argv, {"FERRY_DEVICE": device}
+
+
+def _resolve_auto() -> str:
+    """`auto` becomes cuda:0 or cpu here, in the process that exec() is about to replace,
+    so the CUDA state this check creates never reaches the worker."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+@main.command()
+@click.option("--queues", "-Q", default=None,
+              help="Queues to consume (default: FERRY_WORKER_QUEUES, else the device's queues).")
+@click.option("--concurrency", "-c", type=int, default=None,
+              help="Processes (default: FERRY_WORKER_CONCURRENCY; always 1 on a GPU).")
+@click.option("--device", "-d", default=None, help="cpu, cuda:N or auto (default: FERRY_DEVICE).")
+def worker(queues: str | None, concurrency: int | None, device: str | None) -> None:
+    """Run a Celery worker for the model queues, on one device."""
+    settings = Settings.from_env()
+    device = device or settings.device
+    if device.strip().lower() == "auto":
+        device = _resolve_auto()
+    argv, env = worker_command(settings, queues, concurrency, device)
+    _exec(argv, {**os.environ, **env})
 
 
 @main.command()

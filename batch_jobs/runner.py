@@ -10,7 +10,6 @@ import logging
 import time
 
 from batch_jobs import sources
-from models.base import predict_isolated
 from batch_jobs.store import CANCELED, FAILED, FINISHED, PLANNING, QUEUED, RUNNING, SUCCEEDED, BatchJobStore
 
 log = logging.getLogger(__name__)
@@ -120,7 +119,7 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
     if items is None:
         return "missing"
     spec = ctx.registry.get(job["model"])
-    model = ctx.pool.get(spec)
+    ctx.pool.get(spec)  # load the model before a run is counted
     store.count_run(job_id, number)
     batch_size, ttl = int(job["batch_size"]), int(job["cache_ttl_s"])
     ok, failed, errors = 0, 0, []
@@ -129,7 +128,7 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
         if start and store.get(job_id).get("status") == CANCELED:
             return CANCELED
         batch = items[start:start + batch_size]
-        for (line, item), (output, error) in zip(batch, predict_isolated(model, [item for _, item in batch])):
+        for (line, item), (output, error) in zip(batch, ctx.pool.predict(spec, [item for _, item in batch])):
             if error is None:
                 ctx.cache.set(ctx.cache.key(spec.name, spec.version, item), output, ttl, pipe=pipe)
                 ok += 1

@@ -48,6 +48,8 @@ class ModelSpec:
     timeout_s: float = 60.0
     max_batch_size: int = 1
     max_wait_ms: int = 0
+    # float16 autocast on CUDA devices; CPU workers always run float32.
+    half_precision: bool = False
     artifacts: str | None = None
 
     def metadata(self, root: Path) -> dict:
@@ -97,6 +99,7 @@ class _ModelDecl(Schema):
     cache_ttl_s = fields.Integer(load_default=7 * 24 * 3600, validate=validate.Range(min=0))
     timeout_s = fields.Float(load_default=60.0, validate=validate.Range(min=0.1))
     batching = fields.Nested(_BatchingDecl, load_default=lambda: {"max_batch_size": 1, "max_wait_ms": 0})
+    half_precision = fields.Boolean(load_default=False)
     artifacts = fields.String(load_default=None)
     inputs = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[a-z_][a-z0-9_]*$")),
                          values=fields.Nested(_FieldDecl), required=True,

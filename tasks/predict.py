@@ -18,7 +18,6 @@ from celery import current_app, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure
 
-from models.base import predict_isolated
 from models.declaration import ModelSpec
 from models.registry import UnknownModel
 from tasks import metrics, records
@@ -100,10 +99,10 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
     try:
         if batch[0]["version"] != spec.version:
             raise LookupError(f"version {batch[0]['version']} of model {spec.name} is no longer served")
-        model = ctx.pool.get(spec)
+        ctx.pool.get(spec)  # load first, so the forward pass is timed alone
         inputs = [json.loads(record["input"]) for record in batch]
         forward_started = time.perf_counter()
-        outcomes = predict_isolated(model, inputs, fatal=(SoftTimeLimitExceeded,),
+        outcomes = ctx.pool.predict(spec, inputs, fatal=(SoftTimeLimitExceeded,),
                                     progress=ProgressReporter(ctx.store, ids))
         observed.observe(metrics.PREDICT_SECONDS, spec.name, time.perf_counter() - forward_started)
         observed.observe(metrics.BATCH_SIZE, spec.name, len(batch))

@@ -36,10 +36,11 @@ class Settings:
     heartbeat_s: float = 5.0
     # How often beat asks for predictions whose worker died mid-batch to be re-sent.
     sweep_s: float = 10.0
+    # cpu, cuda:N or auto: where a worker's models run (`ferry worker --device`).
     device: str = "cpu"
     worker_concurrency: int = 2
-    # Comma-separated queues that `ferry worker` consumes.
-    worker_queues: str = "realtime-cpu"
+    # Comma-separated queues that `ferry worker` consumes; empty means its device's queues.
+    worker_queues: str = ""
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_workers: int = 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from celery.signals import worker_init
 
@@ -29,3 +30,17 @@ def _check_repository(**kwargs) -> None:
     if missing:
         raise RuntimeError("Model classes not importable: " + ", ".join(missing)
                            + ". Hint: the module must be on the worker's Python path.")
+
+
+def refuse_cuda_before_fork(modules=sys.modules) -> None:
+    """A parent that initialised CUDA would fork children that cannot use it; stop loudly
+    instead. Only looks: importing torch here would defeat the purpose."""
+    torch = modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised in the worker's parent process, before its pool forked. "
+                           "Hint: touch torch only in Model.setup and Model.predict, never at import time.")
+
+
+@worker_init.connect
+def _check_cuda(**kwargs) -> None:
+    refuse_cuda_before_fork()

@@ -61,3 +61,20 @@ class NotJson(Model):
 
     def predict(self, batch: list[dict]) -> list[dict]:
         return [{"score": float("nan") if item["x"] > 0 else object()} for item in batch]
+
+
+class Probe(Model):
+    """Says where and how it ran: process, device, whether torch ran in inference mode,
+    and the dtype of a matrix product (float16 under half precision on a GPU)."""
+
+    def setup(self, device: str) -> None:
+        self.device = device
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        import os
+
+        import torch
+
+        product = torch.ones(2, 2, device=self.device) @ torch.ones(2, 2, device=self.device)
+        return [{"pid": os.getpid(), "device": self.device, "inference_mode": torch.is_inference_mode_enabled(),
+                 "dtype": str(product.dtype), "x": item["x"]} for item in batch]

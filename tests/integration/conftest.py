@@ -19,9 +19,11 @@ ADMIN_KEY = "integration-admin-key"
 
 @pytest.fixture(scope="session")
 def repository_file(tmp_path_factory):
-    """The shipped models plus a slow test model, for batch jobs long enough to interrupt."""
+    """The shipped models plus a slow test model, for batch jobs long enough to interrupt,
+    and a probe that says where it ran."""
     document = yaml.safe_load(open(Settings().model_repository))
     document["models"].append(declaration("slow", "SlowEach", batching={"max_batch_size": 5, "max_wait_ms": 0}))
+    document["models"].append(declaration("probe", "Probe"))
     path = tmp_path_factory.mktemp("repository") / "repository.yaml"
     path.write_text(yaml.safe_dump(document))
     return path

@@ -1,0 +1,36 @@
+"""Devices and the queues that route work to them, decided without torch, so that a
+worker's parent process never touches CUDA before its pool forks.
+
+    realtime-cpu       CPU workers
+    realtime-gpu       every GPU worker: a model declared here runs on whichever GPU is free
+    realtime-cuda-{N}  the worker on GPU N only: a model pinned to one GPU
+"""
+from __future__ import annotations
+
+import re
+
+CPU_QUEUE = "realtime-cpu"
+GPU_QUEUE = "realtime-gpu"
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+
+
+def normalise(device: str) -> str:
+    """`cpu`, `auto` or `cuda:N` (`cuda` alone is `cuda:0`); anything else is refused."""
+    device = device.strip().lower()
+    if not _DEVICE.match(device):
+        raise ValueError(f"Unknown device {device!r}. Hint: use cpu, cuda:N (N the GPU's index) or auto.")
+    return "cuda:0" if device == "cuda" else device
+
+
+def is_cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def device_queues(device: str) -> list[str]:
+    """The real-time queues a worker on `device` consumes by default."""
+    device = normalise(device)
+    if is_cuda(device):
+        return [GPU_QUEUE, f"realtime-cuda-{device.partition(':')[2]}"]
+    if device == "auto":
+        raise ValueError("Resolve `auto` to cpu or cuda:N before choosing queues.")
+    return [CPU_QUEUE]

@@ -1,0 +1,106 @@
+"""GPU worker mode, checked on the CPU: devices, their queues, the worker's command line,
+and that nothing touches torch (let alone CUDA) in a worker's parent before it forks."""
+import json
+import subprocess
+import sys
+import types
+
+import click
+import pytest
+import torch
+
+from app.cli import worker_command
+from models.declaration import parse_repository
+from models.registry import Registry
+from models.torch_runtime import inference_context, resolve_device
+from tasks import devices
+from tasks.context import WorkerContext
+from tasks.predict import run_prediction
+from tasks.settings import ROOT, Settings
+from tasks.startup import refuse_cuda_before_fork
+from tests.fake_models import declaration
+
+
+def test_devices_and_their_queues():
+    assert devices.normalise(" CUDA ") == "cuda:0"
+    assert devices.device_queues("cpu") == ["realtime-cpu"]
+    assert devices.device_queues("cuda:1") == ["realtime-gpu", "realtime-cuda-1"]
+    for bad in ("gpu", "cuda:x", "cuda:0,1", ""):
+        with pytest.raises(ValueError, match="Unknown device"):
+            devices.normalise(bad)
+
+
+def test_a_gpu_worker_is_one_prefork_process_on_its_device_queues():
+    argv, env = worker_command(Settings(worker_concurrency=4), device="cuda:1")
+    assert env == {"FERRY_DEVICE": "cuda:1"}
+    assert argv[argv.index("--queues") + 1] == "realtime-gpu,realtime-cuda-1"
+    assert argv[argv.index("--concurrency") + 1] == "1"
+    assert argv[argv.index("--pool") + 1] == "prefork"
+    assert "ferry-cuda-1-" in argv[argv.index("--hostname") + 1]
+    with pytest.raises(click.UsageError, match="one worker per GPU"):
+        worker_command(Settings(), concurrency=2, device="cuda:0")
+
+
+def test_a_cpu_worker_keeps_its_concurrency_and_explicit_queues_win():
+    argv, env = worker_command(Settings(worker_concurrency=3))
+    assert env == {"FERRY_DEVICE": "cpu"}
+    assert argv[argv.index("--queues") + 1] == "realtime-cpu"
+    assert argv[argv.index("--concurrency") + 1] == "3"
+    argv, _ = worker_command(Settings(), queues="batch", device="cuda:0")
+    assert argv[argv.index("--queues") + 1] == "batch"
+    with pytest.raises(click.BadParameter):
+        worker_command(Settings(), device="tpu")
+
+
+def test_the_worker_command_line_is_accepted_by_celery():
+    argv, env = worker_command(Settings(), device="cuda:0")
+    result = subprocess.run([sys.executable, "-m", "celery", *argv[1:], "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_worker_parent_imports_no_torch():
+    # What `celery -A tasks.worker worker` imports in the parent, before the pool forks.
+    code = "import sys, tasks.worker; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_a_parent_with_cuda_initialised_refuses_to_fork():
+    def fake_torch(initialised):
+        return types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda: initialised))
+
+    refuse_cuda_before_fork({})
+    refuse_cuda_before_fork({"torch": fake_torch(False)})
+    with pytest.raises(RuntimeError, match="before its pool forked"):
+        refuse_cuda_before_fork({"torch": fake_torch(True)})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_asking_for_a_gpu_without_cuda_says_so():
+    with pytest.raises(RuntimeError, match="CUDA is not available.*--device cpu"):
+        resolve_device("cuda:0")
+    assert resolve_device("auto") == "cpu"
+
+
+def test_half_precision_is_ignored_on_the_cpu():
+    with inference_context("cpu", half_precision=True):
+        assert torch.is_inference_mode_enabled()
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    assert not torch.is_inference_mode_enabled()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_half_precision_on_a_gpu_computes_in_float16():
+    with inference_context("cuda:0", half_precision=True):
+        assert (torch.ones(2, 2, device="cuda:0") @ torch.ones(2, 2, device="cuda:0")).dtype == torch.float16
+
+
+def test_predictions_run_in_inference_mode(fake_redis):
+    specs = parse_repository({"models": [declaration("probe", "Probe", half_precision=True)]})
+    ctx = WorkerContext.build(Settings(redis_url="redis://unused:1/0"), fake_redis, Registry(specs))
+    record = ctx.store.create(model="probe", version="1", queue="realtime-cpu", validated_input={"x": 1.0},
+                              cache_key=ctx.cache.key("probe", "1", {"x": 1.0}))
+    assert run_prediction(record["id"], ctx) == "succeeded"
+    output = json.loads(ctx.store.get(record["id"])["output"])
+    assert output["inference_mode"] is True and output["device"] == "cpu" and output["dtype"] == "torch.float32"
