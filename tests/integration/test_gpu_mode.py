@@ -12,6 +12,7 @@ import yaml
 
 from app import create_app
 from tasks.heartbeat import live_queues
+from tests.auth import keyed_client
 from tests.fake_models import declaration
 from tests.processes import BIN, ROOT, ferry_env, stop_group, wait_for
 
@@ -45,7 +46,7 @@ def test_a_gpu_worker_takes_the_models_declared_on_the_gpu_queue(redis_url, real
     try:
         wait_for(lambda: {"realtime-gpu", "realtime-cuda-0"} <= live_queues(real_redis, "ferry:", 10), 90,
                  "GPU worker", proc)
-        client = create_app({"TESTING": True, **{k: str(v) for k, v in settings.items()}}).test_client()
+        client = keyed_client(create_app({"TESTING": True, **{k: str(v) for k, v in settings.items()}}))
         response = client.post("/models/probe-gpu/predictions", json={"input": {"x": 2}},
                                headers={"Prefer": "wait=60"})
         assert response.status_code == 200, response.json
