@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The dashboard's browser test drives Debian's Chromium; Playwright never downloads a browser.
+CHROMIUM := /usr/bin/chromium
 
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
@@ -13,7 +15,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 dev: $(STAMP)
 	$(BIN)/ferry dev
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 install: $(STAMP)
@@ -37,6 +39,13 @@ $(BENCH_STAMP): requirements.txt bench/requirements.txt pyproject.toml
 	$(BENCH_VENV)/bin/python -m pip install --quiet -r requirements.txt -r bench/requirements.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(BENCH_STAMP)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "The browser test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; \
+	fi
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) var

@@ -6,7 +6,7 @@ import threading
 
 from flask import Flask
 
-from app import auth, docs, errors, metrics, ratelimit
+from app import auth, dashboard, docs, errors, metrics, ratelimit
 from app.keys import KeyStore
 from app.resources import batch_jobs, health, models, predictions
 from app.services import Services
@@ -69,6 +69,7 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
     errors.init_app(app, settings.retry_after_s)
     docs.init_app(app)
     metrics.init_app(app)
+    dashboard.init_app(app)
     # Last, so that metrics see the 429s too.
     ratelimit.init_app(app, settings, redis_client)
     return app

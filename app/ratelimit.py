@@ -19,8 +19,9 @@ from limits import parse_many
 from app.auth import current_key
 from app.errors import error_body
 
-# Probes and scrapes must answer while a caller floods the API, and the docs say how to call it.
-UNLIMITED = frozenset({"health", "metrics", "api-docs", "swagger_ui_static"})
+# Probes and scrapes must answer while a caller floods the API, and the docs and the
+# dashboard's own files say how to call it.
+UNLIMITED = frozenset({"health", "metrics", "api-docs", "swagger_ui_static", "dashboard", "static"})
 
 
 def rate_key() -> str:

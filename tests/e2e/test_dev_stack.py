@@ -10,42 +10,13 @@ import numpy as np
 import pytest
 import requests
 
-from tests.processes import BIN, ROOT, ferry_env, free_port, stop_group, wait_for
+from tests.e2e.conftest import API_KEY
+from tests.processes import BIN, ROOT, ferry_env, wait_for
 from tests.support import digit_png_base64
 
 pytestmark = pytest.mark.e2e
 
-# `ferry dev` takes FERRY_ADMIN_KEY as its bootstrap key (both scopes) when it is set.
-API_KEY = "e2e-bootstrap-api-key"
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("ferry-data")
-    api_port, flower_port, redis_port = free_port(), free_port(), free_port()
-    env = ferry_env(api_port=api_port, flower_port=flower_port, embedded_redis_port=redis_port,
-                    data_dir=data_dir, flower_password="e2e-secret", admin_key=API_KEY, worker_concurrency=1,
-                    api_workers=1)
-    log_path = data_dir / "dev.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([str(BIN / "ferry"), "dev"], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{api_port}"
-    try:
-        wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).status_code == 200, 120,
-                 "ferry dev", proc)
-        http = requests.Session()
-        http.headers["Authorization"] = f"Bearer {API_KEY}"
-        yield {"api": base, "flower": f"http://127.0.0.1:{flower_port}", "log": log_path, "data": data_dir,
-               "http": http, "redis": f"redis://127.0.0.1:{redis_port}/0"}
-    except Exception:
-        print(log_path.read_text(errors="replace")[-5000:])
-        raise
-    finally:
-        stop_group(proc)
-
-
-def poll(http: requests.Session, url: str, timeout_s: float = 60) -> dict:
+def poll(http: requests.Session, url: str, timeout_s: float = 180) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         response = http.get(url, timeout=5)
