@@ -101,6 +101,9 @@ def api() -> None:
         "--worker-class", "gthread", "--threads", str(s.api_threads), "--log-level", s.log_level,
         # One shared control socket per machine would let one instance steal another's.
         "--no-control-socket",
+        # Request-line and header bounds, and gunicorn's own refusals in the one JSON error body;
+        # read as a file, so that the master process does not import the app.
+        "--config", str(Path(__file__).with_name("gunicorn_conf.py")),
         "app:create_app()",
     ], env)
 

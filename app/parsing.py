@@ -14,6 +14,11 @@ class JsonBodyParser(FlaskParser):
     def load_json(self, req, schema):
         if not req.is_json and (req.content_length or req.headers.get("Transfer-Encoding")):
             abort(415, message="Send the body as JSON, with `Content-Type: application/json`.")
+        limit = req.max_content_length
+        if req.content_length is None and limit is not None and len(req.get_data(cache=True)) >= limit:
+            # A chunked body has no length to refuse up front; werkzeug stops reading it at
+            # the limit, and the cut-off JSON would otherwise read as malformed (400).
+            abort(413)
         try:
             return super().load_json(req, schema)
         except (ValueError, RecursionError) as exc:

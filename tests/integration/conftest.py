@@ -53,6 +53,7 @@ def real_redis(redis_url):
 def run_worker(redis_url, real_redis, log_dir, queues, **settings):
     log_path = log_dir / f"worker-{queues}.log"
     proc = start_worker(redis_url, log_path, queues=queues, **settings)
+    proc.log_path = log_path  # for tests that read what the worker said
     try:
         wait_for(lambda: queues in live_queues(real_redis, "ferry:", 10), 60, f"worker for {queues}", proc)
     except Exception:

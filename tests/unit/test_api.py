@@ -267,3 +267,16 @@ def test_redis_lost_during_a_wait_still_answers_202(app, client, monkeypatch):
 
 def test_swagger_ui_calls_no_outside_validator(client):
     assert b'"validatorUrl": null' in client.get("/docs").data
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_400(client):
+    import io
+
+    def chunked(body: bytes):
+        return client.post("/models/minilm/predictions", input_stream=io.BytesIO(body),
+                           headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+                           environ_overrides={"wsgi.input_terminated": True})
+
+    huge = chunked(b'{"input": {"text": "' + b"x" * (3 * 1024 * 1024) + b'"}}')
+    assert huge.status_code == 413 and "2097152 bytes" in huge.json["message"]
+    assert chunked(b'{"input": {"text": "chunked and small"}}').status_code == 202
