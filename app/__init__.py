@@ -1,18 +1,18 @@
 """Ferry's HTTP API: `create_app()` builds it; each subsystem has its own `init_app`."""
 from __future__ import annotations
 
-import logging
 import threading
 
 from flask import Flask
 
-from app import auth, dashboard, docs, errors, metrics, ratelimit
+from app import auth, dashboard, docs, errors, metrics, ratelimit, request_ids
 from app.keys import KeyStore
 from app.resources import batch_jobs, health, models, predictions
 from app.services import Services
 from batch_jobs.sources import PopularityCounter
 from models.cache import PredictionCache
 from models.registry import Registry
+from tasks import logs
 from tasks.records import PredictionStore
 from tasks.senders import CelerySender, TaskSender
 from tasks.settings import Settings
@@ -39,7 +39,7 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
         OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
         **flask_config,
     )
-    logging.basicConfig(level=settings.log_level.upper())
+    logs.configure(settings.log_format, settings.log_level)
 
     if redis_client is None:
         from tasks.context import redis_client as connect
@@ -62,6 +62,8 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
         keys=KeyStore(redis_client, settings.key_prefix, settings.admin_key, settings.key_cache_s),
     )
 
+    # First, so that every later hook's log lines (and refusals) carry the request id.
+    request_ids.init_app(app)
     api = errors.FerryApi(app)
     auth.document(api)
     for blueprint in (models.blp, predictions.blp, batch_jobs.blp, health.blp):

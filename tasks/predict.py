@@ -16,11 +16,11 @@ import time
 
 from celery import current_app, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.signals import task_failure
+from celery.signals import task_failure, task_postrun, task_prerun
 
 from models.declaration import ModelSpec
 from models.registry import UnknownModel
-from tasks import metrics, records
+from tasks import logs, metrics, records
 from tasks.celery_app import PREDICT_TASK, SWEEP_TASK
 from tasks.context import WorkerContext, current
 from tasks.progress import ProgressReporter
@@ -42,6 +42,7 @@ def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
     if record is None:
         log.warning("prediction %s has no record (expired or never issued); skipped", prediction_id)
         return "missing"
+    logs.request_id.set(record.get("request_id", ""))
     if record["status"] in records.TERMINAL:
         return record["status"]
     try:
@@ -122,6 +123,13 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
         else:
             ctx.store.update(record["id"], records.FAILED, pipe=pipe, error=error, finished_at=finished)
             statuses[record["id"]] = records.FAILED
+    run_ms = (float(finished) - float(started)) * 1000
+    for record, (_, error) in zip(batch, outcomes):
+        tags = {"prediction_id": record["id"], "request_id": record.get("request_id") or "-"}
+        if error is None:
+            log.info("prediction of %s succeeded in %.1f ms (batch of %d)", spec.name, run_ms, len(batch), extra=tags)
+        else:
+            log.warning("prediction of %s failed: %s", spec.name, error, extra=tags)
     succeeded = sum(status == records.SUCCEEDED for status in statuses.values())
     observed.count(metrics.COMPLETED, spec.name, succeeded)
     observed.count(metrics.FAILED, spec.name, len(statuses) - succeeded)
@@ -156,7 +164,7 @@ def sweep(ctx: WorkerContext, send) -> list[str]:
         else:
             ctx.store.release([prediction_id])
             spec = ctx.registry.get(record["model"])
-            send(prediction_id, queue=spec.queue, timeout_s=spec.timeout_s)
+            send(prediction_id, queue=spec.queue, timeout_s=spec.timeout_s, describe=f"{spec.name} {spec.version}")
             resent.append(prediction_id)
     return resent
 
@@ -171,6 +179,20 @@ def sweep_task() -> list[str]:
     from tasks.senders import CelerySender
 
     return sweep(current(), CelerySender(current_app).send)
+
+
+@task_prerun.connect(sender=predict)
+def _ids_into_logs(sender=None, args=None, **kwargs):
+    # The request id follows once the record is read (run_prediction).
+    logs.prediction_id.set(args[0] if args else "")
+    logs.request_id.set("")
+
+
+@task_postrun.connect(sender=predict)
+def _ids_out_of_logs(sender=None, **kwargs):
+    # After Celery's own "succeeded" line, which still carries them.
+    logs.prediction_id.set("")
+    logs.request_id.set("")
 
 
 @task_failure.connect(sender=predict)

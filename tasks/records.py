@@ -48,7 +48,7 @@ class PredictionStore:
         return f"{self.prefix}queue-events:{model}:{version}"
 
     def create(self, *, model: str, version: str, queue: str, validated_input: dict, cache_key: str,
-               owner: str = "") -> dict:
+               owner: str = "", request_id: str = "") -> dict:
         record = {
             "id": new_prediction_id(),
             "model": model,
@@ -60,6 +60,8 @@ class PredictionStore:
             "queued_at": repr(time.time()),
             # The id of the API key that made it: only that key may read it.
             "owner": owner,
+            # The API request that made it, so that the worker's log lines name it too.
+            "request_id": request_id,
         }
         key = self.key(record["id"])
         pending = self.pending_key(model, version)

@@ -5,11 +5,14 @@ from tasks.celery_app import BATCH_CHUNK_TASK, BATCH_PLAN_TASK, BATCH_QUEUE, PRE
 
 
 class TaskSender:
-    def dispatch(self, task: str, args: list, *, queue: str, time_limit_s: float | None = None) -> None:
+    def dispatch(self, task: str, args: list, *, queue: str, time_limit_s: float | None = None,
+                 describe: str | None = None) -> None:
+        """Queue `task(*args)`; `describe` is how monitors (Flower, worker logs) show the args."""
         raise NotImplementedError
 
-    def send(self, prediction_id: str, *, queue: str, timeout_s: float) -> None:
-        self.dispatch(PREDICT_TASK, [prediction_id], queue=queue, time_limit_s=timeout_s)
+    def send(self, prediction_id: str, *, queue: str, timeout_s: float, describe: str | None = None) -> None:
+        self.dispatch(PREDICT_TASK, [prediction_id], queue=queue, time_limit_s=timeout_s,
+                      describe=f"{describe}, prediction {prediction_id}" if describe else None)
 
     def send_plan(self, job_id: str) -> None:
         self.dispatch(BATCH_PLAN_TASK, [job_id], queue=BATCH_QUEUE)
@@ -22,11 +25,14 @@ class CelerySender(TaskSender):
     def __init__(self, celery):
         self.celery = celery
 
-    def dispatch(self, task: str, args: list, *, queue: str, time_limit_s: float | None = None) -> None:
-        limits = {} if time_limit_s is None else {"soft_time_limit": time_limit_s, "time_limit": time_limit_s + 30}
+    def dispatch(self, task: str, args: list, *, queue: str, time_limit_s: float | None = None,
+                 describe: str | None = None) -> None:
+        options = {} if time_limit_s is None else {"soft_time_limit": time_limit_s, "time_limit": time_limit_s + 30}
+        if describe:
+            options["argsrepr"] = f"({describe})"
         # retry=False: when the broker is down the API answers 503 at once instead of
         # holding the request in kombu's reconnect loop.
-        self.celery.send_task(task, args=args, queue=queue, retry=False, **limits)
+        self.celery.send_task(task, args=args, queue=queue, retry=False, **options)
 
 
 class RecordingSender(TaskSender):
@@ -36,7 +42,8 @@ class RecordingSender(TaskSender):
         self.sent: list[dict] = []
         self.on_send = on_send
 
-    def dispatch(self, task: str, args: list, *, queue: str, time_limit_s: float | None = None) -> None:
+    def dispatch(self, task: str, args: list, *, queue: str, time_limit_s: float | None = None,
+                 describe: str | None = None) -> None:
         self.sent.append({"task": task, "args": args, "queue": queue, "time_limit_s": time_limit_s})
         if self.on_send is not None:
             self.on_send(*args)

@@ -51,6 +51,8 @@ class Settings:
     flower_password: str = ""
     embedded_redis_port: int = 6390
     log_level: str = "info"
+    # "text", or "json" for one JSON object per line; both carry request and prediction ids.
+    log_format: str = "text"
     # Where the API's gunicorn processes keep their Prometheus values (emptied by `ferry api`
     # at start); one directory per API instance. Default: <data_dir>/api-metrics.
     metrics_dir: str = ""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from datetime import datetime, timezone
 
@@ -12,7 +13,7 @@ from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import ValidationError
 
-from app import metrics
+from app import metrics, request_ids
 from app.auth import current_key, owned_or_404
 from app.keys import PREDICT
 from app.events import PredictionEvents
@@ -20,8 +21,9 @@ from app.parsing import Blueprint
 from app.resources.models import spec_or_404
 from app.schemas import ErrorSchema, PredictionSchema, SubmitSchema
 from app.services import services
-from tasks import records
+from tasks import logs, records
 
+log = logging.getLogger(__name__)
 blp = Blueprint("predictions", __name__, description="Submit predictions and follow them to their result.")
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
@@ -118,15 +120,18 @@ class Submissions(MethodView):
         metrics.CACHE_MISSES.labels(spec.name).inc()
         record = ferry.store.create(
             model=spec.name, version=spec.version, queue=spec.queue, validated_input=validated, cache_key=cache_key,
-            owner=current_key().id,
+            owner=current_key().id, request_id=request_ids.current(),
         )
+        logs.prediction_id.set(record["id"])
         try:
-            ferry.sender.send(record["id"], queue=spec.queue, timeout_s=spec.timeout_s)
+            ferry.sender.send(record["id"], queue=spec.queue, timeout_s=spec.timeout_s,
+                              describe=f"{spec.name} {spec.version}")
         except Exception:
             # Never leave a record behind for a task that was not queued.
             ferry.store.delete(record["id"])
             raise
         metrics.SUBMITTED.labels(spec.name).inc()
+        log.info("prediction queued for %s %s on %s", spec.name, spec.version, spec.queue)
         headers = {"Location": url_for("predictions.PredictionById", prediction_id=record["id"])}
         wait_s = prefer_wait(ferry.settings.max_wait_s)
         if wait_s and ferry.waiters.acquire(blocking=False):

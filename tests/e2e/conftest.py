@@ -18,7 +18,7 @@ def stack(tmp_path_factory):
     api_port, flower_port, redis_port = free_port(), free_port(), free_port()
     env = ferry_env(api_port=api_port, flower_port=flower_port, embedded_redis_port=redis_port,
                     data_dir=data_dir, flower_password="e2e-secret", admin_key=API_KEY, worker_concurrency=1,
-                    api_workers=1)
+                    api_workers=1, log_format="json")
     log_path = data_dir / "dev.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen([str(BIN / "ferry"), "dev"], cwd=ROOT, env=env, stdout=log,

@@ -168,3 +168,42 @@ def test_events_stream_through_gunicorn_as_they_happen(stack):
                 last = json.loads(line[len("data: "):])
     assert kinds[0] == "status" and "progress" in kinds
     assert last["status"] == "succeeded" and last["output"]["points"] == 40000
+
+
+def test_request_and_prediction_ids_reach_the_worker_logs(stack):
+    pixels = [min(float(v % 17), 16.0) for v in range(64, 128)]
+    submitted = stack["http"].post(f"{stack['api']}/models/digits/predictions", json={"input": {"pixels": pixels}},
+                                   headers={"X-Request-ID": "e2e-trace-7"}, timeout=10)
+    assert submitted.status_code == 202 and submitted.headers["X-Request-ID"] == "e2e-trace-7"
+    prediction_id = submitted.json()["id"]
+    assert poll(stack["http"], stack["api"] + submitted.headers["Location"])["status"] == "succeeded"
+
+    def traced_lines():
+        found = {}
+        for line in stack["log"].read_text(errors="replace").splitlines():
+            name, _, rest = line.partition(" | ")  # honcho: "HH:MM:SS api.1 | {...}"
+            if rest.startswith("{"):
+                entry = json.loads(rest)
+                if entry.get("request_id") == "e2e-trace-7" and entry.get("prediction_id") == prediction_id:
+                    found.setdefault(name.split()[-1].split(".")[0], []).append(entry["message"])
+        return found if {"api", "worker"} <= set(found) else None
+
+    found = wait_for(traced_lines, 30, "log lines of the traced prediction")
+    assert any("succeeded" in message for message in found["worker"]), found
+
+
+def test_flower_shows_predictions_by_model_and_id(stack):
+    submitted = stack["http"].post(f"{stack['api']}/models/pi/predictions", timeout=10,
+                                   json={"input": {"rounds": 1, "pause_s": 0, "seed": 11}})
+    assert submitted.status_code == 202
+    prediction_id = submitted.json()["id"]
+    auth = ("ferry", "e2e-secret")
+
+    def shown():
+        tasks = requests.get(f"{stack['flower']}/api/tasks", auth=auth, timeout=5).json()
+        return [task for task in tasks.values() if prediction_id in (task.get("args") or "")]
+
+    task = wait_for(shown, 60, "the task in Flower")[0]
+    assert task["name"] == "ferry.predict"
+    assert task["args"] == f"(pi 1.0.0, prediction {prediction_id})"
+    assert requests.get(f"{stack['flower']}/api/tasks", timeout=5).status_code == 401

@@ -173,7 +173,7 @@ def test_sweeper_resends_predictions_whose_worker_died(batching_ctx):
     assert sweep(ctx, resend) == []  # the claim has not lapsed yet
     ctx.redis.zadd(ctx.store.claims_key, {record["id"]: 1.0})
     assert sweep(ctx, resend) == [record["id"]]
-    assert sent == [(record["id"], {"queue": "realtime-cpu", "timeout_s": 60.0})]
+    assert sent == [(record["id"], {"queue": "realtime-cpu", "timeout_s": 60.0, "describe": "echo 1"})]
     assert run_prediction(record["id"], ctx) == records.SUCCEEDED  # the claim was released
 
 
