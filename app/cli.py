@@ -96,16 +96,22 @@ def api() -> None:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
-    _exec([
-        _tool("gunicorn"), "--bind", f"{s.api_host}:{s.api_port}", "--workers", str(s.api_workers),
-        "--worker-class", "gthread", "--threads", str(s.api_threads), "--log-level", s.log_level,
+    _exec(api_command(s), env)
+
+
+def api_command(settings: Settings, application: str = "app:create_app()") -> list[str]:
+    """gunicorn's command line for the API; the benches serve their baselines with it too."""
+    return [
+        _tool("gunicorn"), "--bind", f"{settings.api_host}:{settings.api_port}", "--workers",
+        str(settings.api_workers), "--worker-class", "gthread", "--threads", str(settings.api_threads),
+        "--log-level", settings.log_level,
         # One shared control socket per machine would let one instance steal another's.
         "--no-control-socket",
         # Request-line and header bounds, and gunicorn's own refusals in the one JSON error body;
         # read as a file, so that the master process does not import the app.
         "--config", str(Path(__file__).with_name("gunicorn_conf.py")),
-        "app:create_app()",
-    ], env)
+        application,
+    ]
 
 
 def worker_command(settings: Settings, queues: str | None = None, concurrency: int | None = None,

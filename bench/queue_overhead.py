@@ -1,76 +1,79 @@
-"""Queue overhead: one client, `Prefer: wait`, a model that does nothing; HTTP to result.
+"""Queue overhead: a model that does nothing, one client, `Prefer: wait`; HTTP to result.
 
-    .venv/bin/python bench/queue_overhead.py [--requests 500]
+    .venv-bench/bin/python -m bench.queue_overhead [--seconds 10]
 
-Starts a private redis-server, one worker process and the API under gunicorn (the
-settings `ferry api` uses), sends distinct inputs one at a time (so none is a cache hit)
-and prints median, p90 and p99 end-to-end latency. Target: median under 3 ms.
+A private redis-server, one worker process (`ferry worker --concurrency 1`) and the API
+under `ferry api`'s gunicorn settings; one wrk connection sends distinct inputs (so none
+is a cache hit), each answered 200 with its output. Prints median, p90 and p99 end to end,
+and from the records, how long each waited for the worker and ran on it. Target: median
+under 3 ms. Prints figures only.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import redis
+import yaml
 
-import requests  # noqa: E402
-import yaml  # noqa: E402
-
-from tests.processes import BIN, ROOT, RedisServer, ferry_env, free_port, start_worker, stop_group, wait_for  # noqa: E402
+from bench.harness import (api_key, cpu_seconds, ferry_settings, redis_counts, start_api, start_worker, table, wait_ready,
+                           warm_up, workspace, wrk)
 
 NOOP = {"name": "noop", "kind": "torch", "version": "1", "entrypoint": "bench.noop_model:Noop",
         "queue": "realtime-cpu", "batching": {"max_batch_size": 32, "max_wait_ms": 0},
         "inputs": {"x": {"type": "number", "required": True}}}
 
 
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+def stages(redis_url: str) -> tuple[float, float]:
+    """Median ms from submit to the worker's start, and on the worker, over every record."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    queued, running = [], []
+    for key in client.scan_iter("ferry:prediction:*", count=1000):
+        record = client.hgetall(key)
+        if record.get("finished_at"):
+            queued.append((float(record["started_at"]) - float(record["queued_at"])) * 1000)
+            running.append((float(record["finished_at"]) - float(record["started_at"])) * 1000)
+    return statistics.median(queued), statistics.median(running)
+
+
+def run(seconds: float) -> str:
+    with workspace() as (work, server, processes):
+        repository = work / "repository.yaml"
+        repository.write_text(yaml.safe_dump({"models": [NOOP]}))
+        settings = ferry_settings(server, work, repository)
+        worker = start_worker(processes, settings, "--device", "cpu", "--concurrency", "1")
+        api = start_api(processes, settings)
+        wait_ready(api, worker)
+        headers = {**api_key(server.url), "Prefer": "wait=5"}
+        url, body = f"{api}/models/noop/predictions", json.dumps({"input": {"x": 0}}).replace("0", "{n}")
+        warm_up(url, body.replace("{n}", "-1"), headers)
+        wrk(url, body, 1, 3, headers)  # warm-up: connections, caches
+        groups = {"API": api_proc(processes), "worker": worker, "Redis": server.proc}
+        before = {name: cpu_seconds(proc) for name, proc in groups.items()}
+        commands, connections = redis_counts(server.url)
+        load = wrk(url, body, 1, seconds, headers)
+        n = max(load.ok, 1)
+        cpu = {name: (cpu_seconds(proc) - before[name]) / n * 1000 for name, proc in groups.items()}
+        commands, connections = (after - start for after, start in zip(redis_counts(server.url), (commands, connections)))
+        to_worker, on_worker = stages(server.url)
+    return table(["requests", "median ms", "p90 ms", "p99 ms", "submit to worker ms", "on worker ms",
+                  "CPU ms per request (API / worker / Redis)", "Redis commands / connections per request", "errors"],
+                 [[load.ok, f"{load.p50_ms:.2f}", f"{load.p90_ms:.2f}", f"{load.p99_ms:.2f}", f"{to_worker:.2f}",
+                   f"{on_worker:.2f}", " / ".join(f"{cpu[name]:.2f}" for name in groups),
+                   f"{commands / n:.1f} / {connections / n:.2f}", load.problems() or "-"]])
+
+
+def api_proc(processes):
+    return next(proc for proc in processes.started if proc.args[-1] == "api")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--pool", default="prefork", help="The worker's Celery pool: prefork, solo or threads.")
+    parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
-    repository = work / "repository.yaml"
-    repository.write_text(yaml.safe_dump({"models": [NOOP]}))
-    server = RedisServer(work / "redis").start()
-    port = free_port()
-    settings = {"redis_url": server.url, "model_repository": repository, "data_dir": work, "api_port": port}
-    worker = start_worker(server.url, work / "worker.log", concurrency=1, pool=args.pool,
-                          model_repository=repository, data_dir=work)
-    api = subprocess.Popen([str(BIN / "ferry"), "api"], cwd=ROOT, env=ferry_env(**settings),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    latencies, queue_ms, run_ms = [], [], []
-    try:
-        wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).status_code == 200, 60, "api and worker")
-        session = requests.Session()
-        url = f"{base}/models/noop/predictions"
-        for i in range(-50, args.requests):  # the first 50 warm up connections and the worker
-            started = time.perf_counter()
-            response = session.post(url, json={"input": {"x": float(i)}}, headers={"Prefer": "wait=5"})
-            elapsed = (time.perf_counter() - started) * 1000
-            assert response.status_code == 200, response.text
-            if i >= 0:
-                latencies.append(elapsed)
-                queue_ms.append(response.json()["timings"]["queue_ms"])
-                run_ms.append(response.json()["timings"]["run_ms"])
-    finally:
-        stop_group(api)
-        stop_group(worker)
-        server.stop()
-    print(f"\nqueue overhead, noop model, 1 client, Prefer: wait, {len(latencies)} requests, {args.pool} pool")
-    print(f"median {statistics.median(latencies):.2f} ms   p90 {percentile(latencies, 90):.2f} ms   "
-          f"p99 {percentile(latencies, 99):.2f} ms   (target: median under 3 ms)")
-    print(f"of which, medians: submit to worker start {statistics.median(queue_ms):.2f} ms, "
-          f"on the worker {statistics.median(run_ms):.2f} ms, the rest is the API and the wait")
+    print("\nQueue overhead, noop model, 1 client, Prefer: wait (target: median under 3 ms):")
+    print(run(args.seconds))
 
 
 if __name__ == "__main__":
