@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 
 import redis
 import yaml
@@ -50,18 +51,30 @@ def run(seconds: float) -> str:
         warm_up(url, body.replace("{n}", "-1"), headers)
         wrk(url, body, 1, 3, headers)  # warm-up: connections, caches
         groups = {"API": api_proc(processes), "worker": worker, "Redis": server.proc}
-        before = {name: cpu_seconds(proc) for name, proc in groups.items()}
-        commands, connections = redis_counts(server.url)
+        # What the idle processes spend (heartbeats, polls) is measured first and taken off.
+        idle, idle_s = costs(groups, server.url), 3.0
+        time.sleep(idle_s)
+        busy = costs(groups, server.url)
         load = wrk(url, body, 1, seconds, headers)
+        done = costs(groups, server.url)
         n = max(load.ok, 1)
-        cpu = {name: (cpu_seconds(proc) - before[name]) / n * 1000 for name, proc in groups.items()}
-        commands, connections = (after - start for after, start in zip(redis_counts(server.url), (commands, connections)))
+        spent = {name: ((done[name] - busy[name]) - (busy[name] - idle[name]) * load.seconds / idle_s) / n
+                 for name in done}
+        cpu = {name: spent[name] * 1000 for name in groups}
+        commands, connections = spent["commands"], spent["connections"]
         to_worker, on_worker = stages(server.url)
     return table(["requests", "median ms", "p90 ms", "p99 ms", "submit to worker ms", "on worker ms",
                   "CPU ms per request (API / worker / Redis)", "Redis commands / connections per request", "errors"],
                  [[load.ok, f"{load.p50_ms:.2f}", f"{load.p90_ms:.2f}", f"{load.p99_ms:.2f}", f"{to_worker:.2f}",
                    f"{on_worker:.2f}", " / ".join(f"{cpu[name]:.2f}" for name in groups),
-                   f"{commands / n:.1f} / {connections / n:.2f}", load.problems() or "-"]])
+                   f"{commands:.1f} / {connections:.2f}", load.problems() or "-"]])
+
+
+def costs(groups: dict, redis_url: str) -> dict:
+    """CPU seconds of each process group, and Redis's commands and connections, so far."""
+    commands, connections = redis_counts(redis_url)
+    return {**{name: cpu_seconds(proc) for name, proc in groups.items()},
+            "commands": commands, "connections": connections}
 
 
 def api_proc(processes):

@@ -26,14 +26,17 @@ class PredictionCache:
     def get(self, key: str, *, also=None) -> dict | None:
         """The cached output, or None. `also(pipe)` may queue more commands, which then
         ride the same round trip as the read."""
-        if also is None:
-            raw = self.redis.get(key)
-        else:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.get(key)
-            also(pipe)
-            raw = pipe.execute()[0]
+        raw = self.get_raw(key, also=also)
         return None if raw is None else orjson.loads(raw)
+
+    def get_raw(self, key: str, *, also=None) -> str | None:
+        """The cached output as stored (JSON text), or None; `also` as in `get`."""
+        if also is None:
+            return self.redis.get(key)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(key)
+        also(pipe)
+        return pipe.execute()[0]
 
     def set(self, key: str, encoded_output: str, ttl_s: int, *, pipe=None) -> None:
         """Store an output already encoded by `models.base.encode_output`."""

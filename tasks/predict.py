@@ -88,9 +88,10 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
     ids = [record["id"] for record in batch]
     started = repr(time.time())
     pipe = ctx.redis.pipeline(transaction=False)
-    for prediction_id in ids:
-        ctx.store.update(prediction_id, records.RUNNING, pipe=pipe, started_at=started, batch_size=len(ids))
-        pipe.hincrby(ctx.store.key(prediction_id), "attempts", 1)
+    for record in batch:
+        ctx.store.update(record["id"], records.RUNNING, pipe=pipe, started_at=started, batch_size=len(ids))
+        pipe.hincrby(ctx.store.key(record["id"]), "attempts", 1)
+        record.update(status=records.RUNNING, started_at=started, batch_size=str(len(ids)))
     ctx.store.announce_taken(spec.name, spec.version, pipe)
     pipe.execute()
     observed = metrics.Observations(ctx.settings.key_prefix)
@@ -118,10 +119,11 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
     for record, (encoded, error) in zip(batch, outcomes):
         if error is None:
             ctx.cache.set(record["cache_key"], encoded, spec.cache_ttl_s, pipe=pipe)
-            ctx.store.update(record["id"], records.SUCCEEDED, pipe=pipe, output=encoded, finished_at=finished)
+            ctx.store.update(record["id"], records.SUCCEEDED, pipe=pipe, record=record, output=encoded,
+                             finished_at=finished)
             statuses[record["id"]] = records.SUCCEEDED
         else:
-            ctx.store.update(record["id"], records.FAILED, pipe=pipe, error=error, finished_at=finished)
+            ctx.store.update(record["id"], records.FAILED, pipe=pipe, record=record, error=error, finished_at=finished)
             statuses[record["id"]] = records.FAILED
     run_ms = (float(finished) - float(started)) * 1000
     for record, (_, error) in zip(batch, outcomes):

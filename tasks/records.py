@@ -1,7 +1,9 @@
 """Prediction records in Redis.
 
     {prefix}prediction:{id}          hash: the record (status, input, output, timings)
-    {prefix}events:{id}              pub/sub channel of its status and progress changes
+    {prefix}events:{id}              pub/sub channel of its status and progress changes: JSON
+                                     of the changed fields (a terminal one carries the whole
+                                     record but its input), or `progress`
     {prefix}queue-events:{model}:{ver}  pub/sub channel: queued ids of the model were taken
     {prefix}pending:{model}:{ver}    list of queued ids, from which a worker fills a batch
     {prefix}claim:{id}               which worker process runs it now (expires)
@@ -14,12 +16,19 @@ dies is redelivered through its message, or re-sent by the sweeper once its clai
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import uuid
 
+import orjson
+import redis
+
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
+# Never announced on the pub/sub channel: the input can be large, and these are nobody's business there.
+_PRIVATE = ("input", "cache_key", "owner")
 # Published on a prediction's channel when its progress changed but not its status.
 PROGRESS = "progress"
 
@@ -37,6 +46,7 @@ class PredictionStore:
         self.redis = redis
         self.prefix = prefix
         self.ttl_s = ttl_s
+        self._local = threading.local()
 
     def key(self, prediction_id: str) -> str:
         return f"{self.prefix}prediction:{prediction_id}"
@@ -48,9 +58,9 @@ class PredictionStore:
         return f"{self.prefix}queue-events:{model}:{version}"
 
     def create(self, *, model: str, version: str, queue: str, validated_input: dict, cache_key: str,
-               owner: str = "", request_id: str = "") -> dict:
+               owner: str = "", request_id: str = "", prediction_id: str | None = None) -> dict:
         record = {
-            "id": new_prediction_id(),
+            "id": prediction_id or new_prediction_id(),
             "model": model,
             "version": version,
             "queue": queue,
@@ -137,12 +147,17 @@ class PredictionStore:
     def delete(self, prediction_id: str) -> None:
         self.redis.delete(self.key(prediction_id))
 
-    def update(self, prediction_id: str, status: str, *, pipe=None, **fields) -> None:
-        """Write a status change and announce it to anyone waiting on the id."""
+    def update(self, prediction_id: str, status: str, *, pipe=None, record: dict | None = None, **fields) -> None:
+        """Write a status change and announce it on the id's channel, as JSON with the fields
+        that changed. Given `record` (the record as the caller holds it), a terminal
+        announcement carries the whole record but its private fields, so a waiter reads nothing."""
         mapping = {"status": status, **{k: v for k, v in fields.items() if v is not None}}
         target = pipe or self.redis.pipeline(transaction=False)
         target.hset(self.key(prediction_id), mapping=mapping)
-        target.publish(self.channel(prediction_id), status)
+        announcement = mapping
+        if record is not None and status in TERMINAL:
+            announcement = {**{k: v for k, v in record.items() if k not in _PRIVATE}, **mapping}
+        target.publish(self.channel(prediction_id), orjson.dumps(announcement))
         if pipe is None:
             target.execute()
 
@@ -167,26 +182,51 @@ class PredictionStore:
         index = self.redis.lpos(self.pending_key(record["model"], record["version"]), record["id"])
         return None if index is None else index + 1
 
-    def wait(self, prediction_id: str, timeout_s: float) -> dict | None:
-        """The record once it is terminal, or as it stands when `timeout_s` runs out."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+    @contextlib.contextmanager
+    def watching(self, prediction_id: str):
+        """Subscribe to the id's announcements (confirmed) and yield a `Watch`; enter it
+        before the prediction is created and queued, so no change can be missed. Each
+        thread keeps one subscriber connection from wait to wait."""
+        pubsub = getattr(self._local, "pubsub", None)
+        if pubsub is None:
+            pubsub = self._local.pubsub = self.redis.pubsub()
+        channel = self.channel(prediction_id)
         try:
-            # Subscribe, and see it confirmed, before reading: a change in between is not missed.
-            pubsub.subscribe(self.channel(prediction_id))
-            pubsub.get_message(timeout=min(timeout_s, 1.0))
-            record = self.get(prediction_id)
-            deadline = time.monotonic() + timeout_s
-            while record is not None and record["status"] not in TERMINAL:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                message = pubsub.get_message(timeout=remaining)
-                if message is not None and _text(message["data"]) in TERMINAL:
-                    record = self.get(prediction_id)
-            return self.get(prediction_id) if record and record["status"] not in TERMINAL else record
+            pubsub.subscribe(channel)
+            _confirmed(pubsub, channel)
+            yield Watch(self, pubsub, prediction_id)
         finally:
-            pubsub.close()
+            try:
+                pubsub.unsubscribe(channel)  # its confirmation is skipped by the next watch
+            except Exception:
+                self._local.pubsub = None
+                pubsub.close()
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+class Watch:
+    def __init__(self, store: PredictionStore, pubsub, prediction_id: str):
+        self.store, self.pubsub, self.prediction_id = store, pubsub, prediction_id
+        self.channel = store.channel(prediction_id)
+
+    def wait(self, timeout_s: float) -> dict | None:
+        """The record once it is terminal, or as it stands when `timeout_s` runs out."""
+        deadline = time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = self.pubsub.get_message(timeout=remaining)
+            if message is None or message["type"] != "message" or message["channel"] != self.channel:
+                continue  # leftovers of this thread's earlier watches
+            data = message["data"]
+            if data.startswith("{"):
+                announced = orjson.loads(data)
+                if announced["status"] in TERMINAL:
+                    return announced if "id" in announced else self.store.get(self.prediction_id)
+        return self.store.get(self.prediction_id)
+
+
+def _confirmed(pubsub, channel: str, timeout_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        message = pubsub.get_message(timeout=remaining)
+        if message is not None and message["type"] == "subscribe" and message["channel"] == channel:
+            return
+    raise redis.TimeoutError(f"Redis did not confirm the subscription to {channel} in {timeout_s:g} s.")

@@ -1,14 +1,16 @@
 """Submitting predictions and reading them back."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import re
 from datetime import datetime, timezone
 
+import orjson
 import redis
-from flask import request, url_for
+from flask import Response, g, request, url_for
 from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import ValidationError
@@ -61,7 +63,7 @@ def view(record: dict, queue_position: int | None = None) -> dict:
         "queue_position": queue_position,
         "progress": _progress(record),
         "partial_output": json.loads(record["partial"]) if running and record.get("partial") else None,
-        "output": json.loads(record["output"]) if record.get("output") else None,
+        "output": orjson.loads(record["output"]) if record.get("output") else None,
         "error": record.get("error"),
         "batch_size": int(record["batch_size"]) if record.get("batch_size") else None,
         "timings": {
@@ -85,10 +87,67 @@ def known_model(view):
     return wrapper
 
 
+def cache_hits_first(view):
+    """The hot path: a cache hit is answered here, after the key and the model are checked
+    but before the request parser and the response schema run, with the same validation,
+    cache key and cache read as the view. Anything else (a miss, a body it does not take
+    at a glance, an invalid input) goes on to the view, which reuses what was learned here
+    or reports the error."""
+
+    @functools.wraps(view)
+    def wrapper(*args, name: str, **kwargs):
+        spec = spec_or_404(name)
+        validated = _glance(spec)
+        if validated is not None:
+            cache_key, raw = lookup(spec, validated)
+            if raw is not None:
+                metrics.CACHE_HITS.labels(spec.name).inc()
+                # The cached output is JSON already: spliced into the body, never parsed.
+                return Response(_hit_prefix(spec.name, spec.version) + raw.encode() + b"}", 200,
+                                mimetype="application/json")
+            g.ferry_missed = (validated, cache_key)
+        return view(*args, name=name, **kwargs)
+
+    return wrapper
+
+
+def _glance(spec) -> dict | None:
+    """The validated input of a plain `{"input": {...}}` JSON body, or None."""
+    if not request.is_json:
+        return None
+    try:
+        body = orjson.loads(request.get_data(cache=True))
+    except orjson.JSONDecodeError:
+        return None
+    if type(body) is not dict or body.keys() != {"input"} or type(body["input"]) is not dict:
+        return None
+    try:
+        return services().registry.input_schema(spec.name).load(body["input"])
+    except ValidationError:
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _hit_prefix(model: str, version: str) -> bytes:
+    head = orjson.dumps({"model": model, "version": version, "status": records.SUCCEEDED, "cached": True})
+    return head[:-1] + b',"output":'
+
+
+def lookup(spec, validated: dict) -> tuple[str, str | None]:
+    """The cache key and the cached output (encoded JSON), counting the input for the
+    nightly "popular inputs" precompute in the same round trip."""
+    ferry = services()
+    cache_key = ferry.cache.key(spec.name, spec.version, validated)
+    raw = ferry.cache.get_raw(
+        cache_key, also=lambda pipe: ferry.popularity.count(pipe, spec.name, spec.version, validated))
+    return cache_key, raw
+
+
 @blp.route("/models/<name>/predictions")
 class Submissions(MethodView):
     @blp.requires(PREDICT)
     @known_model
+    @cache_hits_first
     @blp.arguments(SubmitSchema)
     @blp.response(202, PredictionSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(200, schema=PredictionSchema,
@@ -105,42 +164,50 @@ class Submissions(MethodView):
         """Submit a prediction. A cached input answers 200 at once; otherwise 202 and a Location to poll."""
         ferry = services()
         spec = spec_or_404(name)
-        try:
-            validated = ferry.registry.input_schema(name).load(body["input"])
-        except ValidationError as exc:
-            abort(422, message=f"The input does not match model {name!r}.", errors={"json": {"input": exc.messages}})
-        cache_key = ferry.cache.key(spec.name, spec.version, validated)
-        # Count the input for the nightly "popular inputs" precompute, in the same round trip.
-        output = ferry.cache.get(
-            cache_key, also=lambda pipe: ferry.popularity.count(pipe, spec.name, spec.version, validated))
-        if output is not None:
-            metrics.CACHE_HITS.labels(spec.name).inc()
-            return {"model": spec.name, "version": spec.version, "status": records.SUCCEEDED,
-                    "cached": True, "output": output}, 200
-        metrics.CACHE_MISSES.labels(spec.name).inc()
-        record = ferry.store.create(
-            model=spec.name, version=spec.version, queue=spec.queue, validated_input=validated, cache_key=cache_key,
-            owner=current_key().id, request_id=request_ids.current(),
-        )
-        logs.prediction_id.set(record["id"])
-        try:
-            ferry.sender.send(record["id"], queue=spec.queue, timeout_s=spec.timeout_s,
-                              describe=f"{spec.name} {spec.version}")
-        except Exception:
-            # Never leave a record behind for a task that was not queued.
-            ferry.store.delete(record["id"])
-            raise
-        metrics.SUBMITTED.labels(spec.name).inc()
-        log.info("prediction queued for %s %s on %s", spec.name, spec.version, spec.queue)
-        headers = {"Location": url_for("predictions.PredictionById", prediction_id=record["id"])}
-        wait_s = prefer_wait(ferry.settings.max_wait_s)
-        if wait_s and ferry.waiters.acquire(blocking=False):
-            headers["Preference-Applied"] = f"wait={wait_s:g}"
+        if "ferry_missed" in g:  # validated and looked up by cache_hits_first
+            validated, cache_key = g.ferry_missed
+        else:
             try:
-                record = ferry.store.wait(record["id"], wait_s) or record
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass  # the prediction is accepted and queued: answer 202, never 503, from here on
-            finally:
+                validated = ferry.registry.input_schema(name).load(body["input"])
+            except ValidationError as exc:
+                abort(422, message=f"The input does not match model {name!r}.",
+                      errors={"json": {"input": exc.messages}})
+            cache_key, raw = lookup(spec, validated)
+            if raw is not None:
+                metrics.CACHE_HITS.labels(spec.name).inc()
+                return {"model": spec.name, "version": spec.version, "status": records.SUCCEEDED,
+                        "cached": True, "output": orjson.loads(raw)}, 200
+        metrics.CACHE_MISSES.labels(spec.name).inc()
+        prediction_id = records.new_prediction_id()
+        logs.prediction_id.set(prediction_id)
+        headers = {"Location": url_for("predictions.PredictionById", prediction_id=prediction_id)}
+        wait_s = prefer_wait(ferry.settings.max_wait_s)
+        waiting = bool(wait_s) and ferry.waiters.acquire(blocking=False)
+        try:
+            # Watch before the prediction exists, so that its end cannot slip past unseen.
+            with ferry.store.watching(prediction_id) if waiting else contextlib.nullcontext() as watch:
+                record = ferry.store.create(
+                    model=spec.name, version=spec.version, queue=spec.queue, validated_input=validated,
+                    cache_key=cache_key, owner=current_key().id, request_id=request_ids.current(),
+                    prediction_id=prediction_id,
+                )
+                try:
+                    ferry.sender.send(prediction_id, queue=spec.queue, timeout_s=spec.timeout_s,
+                                      describe=f"{spec.name} {spec.version}")
+                except Exception:
+                    # Never leave a record behind for a task that was not queued.
+                    ferry.store.delete(prediction_id)
+                    raise
+                metrics.SUBMITTED.labels(spec.name).inc()
+                log.info("prediction queued for %s %s on %s", spec.name, spec.version, spec.queue)
+                if watch is not None:
+                    headers["Preference-Applied"] = f"wait={wait_s:g}"
+                    try:
+                        record = watch.wait(wait_s) or record
+                    except (redis.ConnectionError, redis.TimeoutError):
+                        pass  # the prediction is accepted and queued: answer 202, never 503, from here on
+        finally:
+            if waiting:
                 ferry.waiters.release()
         return view(record), 200 if record["status"] in records.TERMINAL else 202, headers
 

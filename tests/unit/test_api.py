@@ -61,6 +61,23 @@ def test_cache_hit_answers_200_without_queueing(app, client, sender):
     assert sender.sent == []
 
 
+def test_a_cache_hit_still_needs_a_key_and_a_valid_body(app, client, sender):
+    ferry = app.extensions["ferry"]
+    validated = ferry.registry.input_schema("minilm").load({"text": "hello"})
+    ferry.cache.set(ferry.cache.key("minilm", "1.0.0", validated), encode_output({"embedding": [0.5]}), ttl_s=60)
+    hit = client.post("/models/minilm/predictions", json={"input": {"text": "hello"}})
+    assert hit.json == {"model": "minilm", "version": "1.0.0", "status": "succeeded", "cached": True,
+                        "output": {"embedding": [0.5]}}
+    assert app.test_client().post("/models/minilm/predictions", json={"input": {"text": "hello"}}).status_code == 401
+    extra = client.post("/models/minilm/predictions", json={"input": {"text": "hello"}, "colour": "red"})
+    assert extra.status_code == 422 and "colour" in json.dumps(extra.json["errors"])
+    wrong = client.post("/models/minilm/predictions", json={"input": {"text": "hello", "normalize": "yes"}})
+    assert wrong.status_code == 422
+    as_text = client.post("/models/minilm/predictions", data='{"input": {"text": "hello"}}', content_type="text/plain")
+    assert as_text.status_code == 415
+    assert sender.sent == []
+
+
 def test_other_version_in_cache_is_not_served(app, client, sender):
     ferry = app.extensions["ferry"]
     ferry.cache.set(ferry.cache.key("minilm", "0.9.0", {"text": "hi", "normalize": True}), encode_output({"embedding": [1]}), 60)
@@ -259,7 +276,7 @@ def test_redis_lost_during_a_wait_still_answers_202(app, client, monkeypatch):
     def broken_wait(*args, **kwargs):
         raise redis_lib.ConnectionError("gone")
 
-    monkeypatch.setattr(app.extensions["ferry"].store, "wait", broken_wait)
+    monkeypatch.setattr(records.Watch, "wait", broken_wait)
     response = client.post("/models/digits/predictions", json={"input": {"pixels": PIXELS}},
                            headers={"Prefer": "wait=5"})
     assert response.status_code == 202 and response.headers["Location"].startswith("/predictions/")

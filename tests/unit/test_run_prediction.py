@@ -83,8 +83,11 @@ def test_status_changes_are_published(ctx, fake_redis):
     run_prediction(record["id"], ctx)
     # get_message answers None for the swallowed subscribe confirmation too.
     messages = (pubsub.get_message(timeout=0.05) for _ in range(5))
-    seen = [message["data"] for message in messages if message is not None]
-    assert seen == ["running", "succeeded"]
+    seen = [json.loads(message["data"]) for message in messages if message is not None]
+    assert [message["status"] for message in seen] == ["running", "succeeded"]
+    # The terminal one carries the record, so that a waiter need not read it; never its input.
+    assert seen[1]["id"] == record["id"] and json.loads(seen[1]["output"]) == {"echo": 1.0, "device": "cpu"}
+    assert "input" not in seen[1] and "owner" not in seen[1]
 
 
 @pytest.mark.parametrize("x, complaint", [(1.0, "Out of range float values"), (-1.0, "not JSON serializable")])
