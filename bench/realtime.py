@@ -57,9 +57,13 @@ def repository(path, max_batch_size: int, max_wait_ms: int):
 
 
 def loads(url: str, clients: list[int], seconds: float, tag: str, headers: dict) -> list:
-    warm_up(url, body(f"{tag}-first").replace("{n}", "0"), headers)
-    wrk(url, body(f"{tag}-warm"), max(clients), 3, headers)
-    return [wrk(url, body(f"{tag}-{n}"), n, seconds, headers) for n in clients]
+    results = []
+    for n in [max(clients), *clients]:  # the first, unrecorded, warms up
+        # Requests that wrk left unanswered at the end of the last load are still queued on
+        # the server: one request answered (first in, first out) means they are gone.
+        warm_up(url, body(f"{tag}-drain-{n}").replace("{n}", str(len(results))), headers)
+        results.append(wrk(url, body(f"{tag}-{n}-{len(results)}"), n, seconds if results else 3, headers))
+    return results[1:]
 
 
 def run(seconds: float, clients: list[int]) -> str:
