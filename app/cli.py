@@ -62,7 +62,8 @@ def dev() -> None:
     api = f"http://{settings.api_host}:{settings.api_port}"
     click.echo(
         "Ferry is starting:\n"
-        f"  API      {api}   (docs: {api}/docs, readiness: {api}/health/ready)\n"
+        f"  API      {api}   (docs: {api}/docs, readiness: {api}/health/ready, metrics: {api}/metrics)\n"
+        f"  Try it   {api}/   (the dashboard: paste the API key below)\n"
         f"  Flower   http://127.0.0.1:{settings.flower_port}   (user {settings.flower_user}, password {password})\n"
         f"  API key  Authorization: Bearer {api_key}   (scopes predict, admin)\n"
         f"  Redis    {redis_url}{'   (embedded, data in ' + settings.data_dir + '/redis)' if 'redis' in processes else ''}\n"

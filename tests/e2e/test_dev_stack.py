@@ -31,6 +31,7 @@ def test_the_banner_prints_the_urls(stack):
     banner = stack["log"].read_text(errors="replace")
     assert stack["api"] in banner and stack["flower"] in banner and "redis://127.0.0.1:" in banner
     assert f"Authorization: Bearer {API_KEY}" in banner
+    assert f"Try it   {stack['api']}/" in banner
 
 
 def test_digit_image_202_then_poll_then_cache_hit(stack):
