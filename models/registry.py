@@ -51,6 +51,10 @@ class Registry:
             self._metadata[name] = self.get(name).metadata(self.root)
         return self._metadata[name]
 
+    def pending_keys(self, store, queue: str) -> list[str]:
+        """The pending lists of every model routed to `queue`: together, its depth."""
+        return [store.pending_key(spec.name, spec.version) for spec in self._specs.values() if spec.queue == queue]
+
     @cached_property
     def queues(self) -> set[str]:
         return {spec.queue for spec in self._specs.values()}

@@ -27,15 +27,23 @@ def create_celery(settings: Settings) -> Celery:
         # Prediction records live under ferry:prediction:*, so Celery keeps no results.
         task_ignore_result=True,
         task_store_errors_even_if_ignored=False,
-        # At-least-once: acknowledge after the work is done, redeliver if a worker dies,
-        # and let each process reserve one message so that a dying process strands few.
+        # At-least-once (README, "Delivery"): acknowledge after the work is done, and put a
+        # message back when the process running it dies; each process reserves one message,
+        # so a dying worker strands few.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # Redelivery of an unacknowledged message waits this long; it must exceed the
-        # longest task (model timeouts are far below an hour).
-        broker_transport_options={"visibility_timeout": 3600, "socket_timeout": settings.redis_timeout_s,
-                                  "socket_connect_timeout": settings.redis_timeout_s},
+        # A message whose whole worker died unacknowledged comes back after the visibility
+        # timeout; the claims and the sweeper bring back the predictions of its batch sooner.
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Look for such messages every fifth of the timeout (at most every 10 s), not
+            # kombu's default of every 100 s.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 5)),
+            "unacked_restore_throttle": 1,
+            "socket_timeout": settings.redis_timeout_s,
+            "socket_connect_timeout": settings.redis_timeout_s,
+        },
         broker_connection_retry_on_startup=True,
         task_default_queue="realtime-cpu",
         task_create_missing_queues=True,

@@ -5,11 +5,14 @@ import dataclasses
 from functools import lru_cache
 
 import redis
+from celery import current_app
 
 from models.cache import PredictionCache
 from models.registry import Registry
+from tasks.leases import LeaseKeeper
 from tasks.pool import ModelPool
 from tasks.records import PredictionStore
+from tasks.senders import CelerySender, TaskSender
 from tasks.settings import Settings
 
 
@@ -31,17 +34,24 @@ class WorkerContext:
     store: PredictionStore
     cache: PredictionCache
     pool: ModelPool
+    leases: LeaseKeeper
+    # Re-queues predictions that failed transiently.
+    sender: TaskSender
 
     @classmethod
-    def build(cls, settings: Settings, redis_conn=None, registry: Registry | None = None) -> "WorkerContext":
+    def build(cls, settings: Settings, redis_conn=None, registry: Registry | None = None,
+              sender: TaskSender | None = None) -> "WorkerContext":
         redis_conn = redis_conn if redis_conn is not None else redis_client(settings)
+        store = PredictionStore(redis_conn, settings.key_prefix, settings.prediction_ttl_s)
         return cls(
             settings=settings,
             redis=redis_conn,
             registry=registry or Registry.from_file(settings.model_repository),
-            store=PredictionStore(redis_conn, settings.key_prefix, settings.prediction_ttl_s),
+            store=store,
             cache=PredictionCache(redis_conn, settings.key_prefix),
             pool=ModelPool(settings.device),
+            leases=LeaseKeeper(store, settings.claim_lease_s),
+            sender=sender or CelerySender(current_app),
         )
 
 

@@ -10,29 +10,30 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
+import random
 import time
 
+import redis
 from celery import current_app, shared_task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure, task_postrun, task_prerun
 
+from models.base import TRANSIENT_ERRORS, Canceled, canceling, error_message
 from models.declaration import ModelSpec
 from models.registry import UnknownModel
 from tasks import logs, metrics, records
+from tasks.cancellation import CancelCheck
 from tasks.celery_app import PREDICT_TASK, SWEEP_TASK
 from tasks.context import WorkerContext, current
+from tasks.leases import worker_name
 from tasks.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 # A prediction whose worker died this many times fails instead of killing another one.
 MAX_ATTEMPTS = 3
 _POLL_S = 0.001
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+# Machines' clocks differ a little; a retry message is never early by more than this.
+_CLOCK_SLACK_S = 1.0
 
 
 def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
@@ -45,37 +46,43 @@ def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
     logs.request_id.set(record.get("request_id", ""))
     if record["status"] in records.TERMINAL:
         return record["status"]
+    if float(record.get("retry_at") or 0) > time.time() + _CLOCK_SLACK_S:
+        return "waiting to retry"  # its retry message, sent with a countdown, runs it
     try:
         spec = ctx.registry.get(record["model"])
     except UnknownModel:
         return _fail(ctx, prediction_id, f"Model {record['model']!r} is not served any more.", record["model"])
-    won, taken = ctx.store.claim_and_take(prediction_id, worker_name(), _claim_ttl(spec),
-                                          spec.name, spec.version, spec.max_batch_size - 1)
+    won, status, taken = ctx.store.take(worker_name(), ctx.settings.claim_lease_s, spec.name, spec.version,
+                                        spec.max_batch_size - 1, own_id=prediction_id)
     if not won:
-        return "claimed elsewhere"
-    batch = [record] + _gather(ctx, spec, taken)
-    return _run_batch(ctx, spec, batch)[prediction_id]
+        return "claimed elsewhere"  # a live worker runs it, or the sweeper re-sends it once its lease lapses
+    with ctx.leases.holding([prediction_id, *taken]) as held:
+        own = [] if status in records.TERMINAL else [record]  # canceled while it was being claimed
+        batch = own + _gather(ctx, spec, taken, held)
+        if not own:
+            ctx.store.release([prediction_id])
+        if not batch:
+            return status
+        return _run_batch(ctx, spec, batch).get(prediction_id, status)
 
 
-def _claim_ttl(spec: ModelSpec) -> float:
-    # Longer than the hard time limit, so a live batch never loses its claim.
-    return spec.timeout_s + 60
-
-
-def _gather(ctx: WorkerContext, spec: ModelSpec, taken: list[str]) -> list[dict]:
+def _gather(ctx: WorkerContext, spec: ModelSpec, taken: list[str], held: list[str]) -> list[dict]:
     """The other predictions of the batch: those already taken from the queue and, when
-    some were queued but not a full batch, those that arrive within max_wait_ms."""
+    some were queued but not a full batch, those that arrive within max_wait_ms. All of
+    them are claimed (and their leases held) as they are taken."""
     room = spec.max_batch_size - 1
     ids = list(taken)
     if ids and len(ids) < room and spec.max_wait_ms:
         deadline = time.monotonic() + spec.max_wait_ms / 1000
         while len(ids) < room and time.monotonic() < deadline:
-            more = ctx.store.pop_pending(spec.name, spec.version, room - len(ids))
+            _, _, more = ctx.store.take(worker_name(), ctx.settings.claim_lease_s, spec.name, spec.version,
+                                        room - len(ids))
             ids += more
+            held.extend(more)
             if not more:
                 time.sleep(_POLL_S)
     batch, stale = [], []
-    for record in ctx.store.claim_records(ids, worker_name(), _claim_ttl(spec)):
+    for record in ctx.store.get_many(ids):
         if record["status"] in records.TERMINAL or record["version"] != spec.version:
             stale.append(record["id"])
         else:
@@ -101,26 +108,41 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
     try:
         if batch[0]["version"] != spec.version:
             raise LookupError(f"version {batch[0]['version']} of model {spec.name} is no longer served")
-        ctx.pool.get(spec)  # load first, so the forward pass is timed alone
+        model = ctx.pool.get(spec)  # load first, so the forward pass is timed alone
         inputs = [json.loads(record["input"]) for record in batch]
         forward_started = time.perf_counter()
-        outcomes = ctx.pool.predict(spec, inputs, fatal=(SoftTimeLimitExceeded,),
-                                    progress=ProgressReporter(ctx.store, ids))
+        # A time limit, a cancel or a transient error is the batch's, not one input's: no
+        # item-by-item rerun.
+        with canceling(model, CancelCheck(ctx.store, ids) if spec.cancelable else lambda: False):
+            outcomes = ctx.pool.predict(spec, inputs, fatal=(SoftTimeLimitExceeded, Canceled, *TRANSIENT_ERRORS),
+                                        progress=ProgressReporter(ctx.store, ids))
         observed.observe(metrics.PREDICT_SECONDS, spec.name, time.perf_counter() - forward_started)
         observed.observe(metrics.BATCH_SIZE, spec.name, len(batch))
     except SoftTimeLimitExceeded:
         outcomes = [(None, f"Timed out after {spec.timeout_s:g} s.")] * len(batch)
+    except Canceled:
+        outcomes = [(None, "Canceled while running.")] * len(batch)
+    except TRANSIENT_ERRORS as exc:
+        log.warning("model %s failed transiently: %s", spec.name, exc)
+        return _retry_or_fail(ctx, spec, batch, error_message(exc))
     except Exception as exc:  # loading the model failed: every prediction in the batch says why
         log.exception("model %s could not run", spec.name)
-        outcomes = [(None, f"{type(exc).__name__}: {exc}")] * len(batch)
+        outcomes = [(None, error_message(exc))] * len(batch)
     finished = repr(time.time())
+    # Canceled while running: whatever came of it, the answer is `canceled`.
+    canceled = ctx.store.cancel_requested(ids) if spec.cancelable else set()
     statuses = {}
     pipe = ctx.redis.pipeline(transaction=False)
     for record, (encoded, error) in zip(batch, outcomes):
-        if error is None:
+        if record["id"] in canceled:
+            ctx.store.update(record["id"], records.CANCELED, pipe=pipe, finished_at=finished)
+            statuses[record["id"]] = records.CANCELED
+        elif error is None:
             ctx.cache.set(record["cache_key"], encoded, spec.cache_ttl_s, pipe=pipe)
             ctx.store.update(record["id"], records.SUCCEEDED, pipe=pipe, record=record, output=encoded,
                              finished_at=finished)
+            if record.get("retries"):
+                pipe.hdel(ctx.store.key(record["id"]), "error", "retry_at")  # a retry's note, now moot
             statuses[record["id"]] = records.SUCCEEDED
         else:
             ctx.store.update(record["id"], records.FAILED, pipe=pipe, record=record, error=error, finished_at=finished)
@@ -134,10 +156,42 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
             log.warning("prediction of %s failed: %s", spec.name, error, extra=tags)
     succeeded = sum(status == records.SUCCEEDED for status in statuses.values())
     observed.count(metrics.COMPLETED, spec.name, succeeded)
-    observed.count(metrics.FAILED, spec.name, len(statuses) - succeeded)
+    observed.count(metrics.FAILED, spec.name, sum(status == records.FAILED for status in statuses.values()))
     observed.write(pipe)
     ctx.store.release(ids, pipe=pipe)
     pipe.execute()
+    return statuses
+
+
+def _retry_or_fail(ctx: WorkerContext, spec: ModelSpec, batch: list[dict], error: str) -> dict[str, str]:
+    """After a transient error: each prediction goes back to `queued` and is re-sent after
+    an exponential backoff with jitter, until it has used up the model's retries."""
+    now = time.time()
+    statuses, retries = {}, []
+    observed = metrics.Observations(ctx.settings.key_prefix)
+    pipe = ctx.redis.pipeline(transaction=False)
+    for record in batch:
+        done = int(record.get("retries") or 0)
+        if done >= spec.max_retries:
+            ctx.store.update(record["id"], records.FAILED, pipe=pipe, finished_at=repr(now),
+                             error=f"{error} (gave up after {done} retries)")
+            statuses[record["id"]] = records.FAILED
+            observed.count(metrics.FAILED, spec.name)
+            continue
+        delay = min(spec.retry_backoff_max_s, spec.retry_backoff_s * 2 ** done)
+        delay = random.uniform(delay / 2, delay)
+        ctx.store.update(record["id"], records.QUEUED, pipe=pipe, retries=done + 1, retry_at=repr(now + delay),
+                         error=f"{error} (retry {done + 1} of {spec.max_retries} in {delay:.1f} s)")
+        retries.append((record["id"], delay))
+        statuses[record["id"]] = records.QUEUED
+    ctx.store.release(list(statuses), pipe=pipe)
+    # Should a retry message be lost, the sweeper re-sends the prediction after its deadline.
+    ctx.store.expect_claim(pipe, {prediction_id: now + delay + ctx.settings.visibility_timeout_s
+                                  for prediction_id, delay in retries})
+    observed.write(pipe)
+    pipe.execute()
+    for prediction_id, delay in retries:
+        ctx.sender.send(prediction_id, spec, countdown=delay)
     return statuses
 
 
@@ -153,27 +207,47 @@ def _fail(ctx: WorkerContext, prediction_id: str, message: str, model: str) -> s
 
 
 def sweep(ctx: WorkerContext, send) -> list[str]:
-    """Re-send predictions whose claim lapsed (their worker died mid-batch); fail those
-    that have already taken MAX_ATTEMPTS workers down with them."""
+    """Re-send predictions whose claim lapsed (their worker died mid-batch), failing those
+    that have already taken MAX_ATTEMPTS workers down with them, and those queued longer
+    than the visibility timeout whose message may be lost."""
     resent = []
+    # kombu pops a message (BRPOP) before it records it as unacknowledged: a crash of Redis
+    # or of the worker in between loses the message, never the record and its pending entry.
+    stale_before = time.time() - ctx.settings.visibility_timeout_s
+    for spec in ctx.registry.specs():
+        for prediction_id in ctx.store.stale_pending(spec.name, spec.version, stale_before):
+            send(prediction_id, spec)
+            resent.append(prediction_id)
     for prediction_id in ctx.store.lapsed_claims():
+        if ctx.store.is_claimed(prediction_id):
+            continue  # claimed again since (by its own message): that worker's renewal moves the deadline
         record = ctx.store.get(prediction_id)
         if record is None or record["status"] in records.TERMINAL:
             ctx.store.release([prediction_id])
-        elif int(record.get("attempts", 0)) >= MAX_ATTEMPTS:
+        elif int(record.get("attempts", 0)) - int(record.get("retries", 0)) >= MAX_ATTEMPTS:  # runs with no outcome
             _fail(ctx, prediction_id, f"The worker stopped while running this prediction, {MAX_ATTEMPTS} times.",
                   record["model"])
         else:
-            ctx.store.release([prediction_id])
+            # Back in the pending list before the message goes: if the message is lost, the
+            # check for stale pending predictions above finds it next time.
+            ctx.store.requeue(prediction_id, record["model"], record["version"])
             spec = ctx.registry.get(record["model"])
-            send(prediction_id, queue=spec.queue, timeout_s=spec.timeout_s, describe=f"{spec.name} {spec.version}")
+            send(prediction_id, spec)
             resent.append(prediction_id)
     return resent
 
 
 @shared_task(name=PREDICT_TASK, ignore_result=True)
 def predict(prediction_id: str) -> str:
-    return run_prediction(prediction_id, current())
+    try:
+        return run_prediction(prediction_id, current())
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # Redis went away mid-run, so the outcome may not be recorded: the message must not be
+        # acknowledged (acks_late acknowledges failed tasks too). Re-queued, it runs again; if
+        # Redis is still down the reject fails as well, and the broker re-delivers the message
+        # after the visibility timeout.
+        log.warning("prediction %s: Redis unreachable (%s); its message is re-queued", prediction_id, exc)
+        raise Reject(str(exc), requeue=True) from exc
 
 
 @shared_task(name=SWEEP_TASK, ignore_result=True)

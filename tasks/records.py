@@ -6,8 +6,9 @@
                                      record but its input), or `progress`
     {prefix}queue-events:{model}:{ver}  pub/sub channel: queued ids of the model were taken
     {prefix}pending:{model}:{ver}    list of queued ids, from which a worker fills a batch
-    {prefix}claim:{id}               which worker process runs it now (expires)
-    {prefix}claims                   sorted set: id -> claim deadline, for the sweeper
+    {prefix}claim:{id}               which worker process runs it now: a lease, renewed while it runs
+    {prefix}claims                   sorted set: id -> lease deadline (or, waiting to retry, the
+                                     time its retry message is overdue), for the sweeper
 
 The API creates a record before it queues the task, so an id that was never issued has
 no record (404), and the worker writes every status change into it. Every id also has
@@ -17,6 +18,7 @@ dies is redelivered through its message, or re-sent by the sweeper once its clai
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
@@ -41,12 +43,31 @@ def is_prediction_id(value: str) -> bool:
     return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 
 
+def _new_record(model: str, version: str, queue: str, validated_input: dict, cache_key: str, owner: str,
+                request_id: str = "", prediction_id: str | None = None) -> dict:
+    return {
+        "id": prediction_id or new_prediction_id(),
+        "model": model,
+        "version": version,
+        "queue": queue,
+        "status": QUEUED,
+        "input": json.dumps(validated_input, separators=(",", ":")),
+        "cache_key": cache_key,
+        "queued_at": repr(time.time()),
+        # The id of the API key that made it: only that key may read it.
+        "owner": owner,
+        # The API request that made it, so that the worker's log lines name it too.
+        "request_id": request_id,
+    }
+
+
 class PredictionStore:
     def __init__(self, redis, prefix: str = "ferry:", ttl_s: int = 24 * 3600):
         self.redis = redis
         self.prefix = prefix
         self.ttl_s = ttl_s
         self._local = threading.local()
+        self._scripts: dict = {}
 
     def key(self, prediction_id: str) -> str:
         return f"{self.prefix}prediction:{prediction_id}"
@@ -59,20 +80,8 @@ class PredictionStore:
 
     def create(self, *, model: str, version: str, queue: str, validated_input: dict, cache_key: str,
                owner: str = "", request_id: str = "", prediction_id: str | None = None) -> dict:
-        record = {
-            "id": prediction_id or new_prediction_id(),
-            "model": model,
-            "version": version,
-            "queue": queue,
-            "status": QUEUED,
-            "input": json.dumps(validated_input, separators=(",", ":")),
-            "cache_key": cache_key,
-            "queued_at": repr(time.time()),
-            # The id of the API key that made it: only that key may read it.
-            "owner": owner,
-            # The API request that made it, so that the worker's log lines name it too.
-            "request_id": request_id,
-        }
+        """A queued prediction in its model's pending list, with no checks (tests, tools)."""
+        record = _new_record(model, version, queue, validated_input, cache_key, owner, request_id, prediction_id)
         key = self.key(record["id"])
         pending = self.pending_key(model, version)
         pipe = self.redis.pipeline(transaction=False)
@@ -83,6 +92,66 @@ class PredictionStore:
         pipe.execute()
         return record
 
+    def inflight_key(self, owner: str, cache_key: str) -> str:
+        # The cache key names the model, its version and the input's hash.
+        return f"{self.prefix}inflight:{owner}:{cache_key.removeprefix(self.prefix + 'cache:')}"
+
+    def idempotency_key(self, owner: str, key: str) -> str:
+        return f"{self.prefix}idempotency:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def idempotent(self, owner: str, key: str) -> tuple[str, str] | None:
+        """(fingerprint, prediction id or "" when it was answered from the cache) of the
+        first request made with this Idempotency-Key, or None."""
+        prior = self.redis.get(self.idempotency_key(owner, key))
+        if prior is None:
+            return None
+        fingerprint, _, prediction_id = prior.partition("|")
+        return fingerprint, prediction_id
+
+    def remember_idempotent(self, owner: str, key: str, fingerprint: str) -> None:
+        """A request with this key was answered from the cache: remember its body only."""
+        self.redis.set(self.idempotency_key(owner, key), f"{fingerprint}|", nx=True, ex=self.ttl_s)
+
+    def submit(self, *, model: str, version: str, queue: str, validated_input: dict, cache_key: str, owner: str,
+               queue_pending: list[str], limit: int, request_id: str = "", prediction_id: str | None = None,
+               idempotency: tuple[str, str] | None = None) -> tuple[str, str, dict | None]:
+        """Create a queued prediction, in one atomic step with the checks that may stop it:
+
+        - ("replay", id): `idempotency` (key, fingerprint) was used before with this body;
+        - ("mismatch", ""): ... with another body;
+        - ("joined", id): the same owner has the same input of the same model version
+          queued or running: the request shares that prediction;
+        - ("full", depth): the queue's pending lists (`queue_pending`) hold `limit` or more;
+        - ("created", id): a new record, in the model's pending list.
+
+        The third item is the new record when one was created.
+        """
+        record = _new_record(model, version, queue, validated_input, cache_key, owner, request_id, prediction_id)
+        prediction_id = record["id"]
+        key, fingerprint = idempotency or ("", "")
+        keys = [self.key(prediction_id), self.pending_key(model, version), self.inflight_key(owner, cache_key),
+                self.idempotency_key(owner, key), *queue_pending]
+        args = [prediction_id, self.ttl_s, self.prefix, fingerprint, limit,
+                *(item for pair in record.items() for item in pair)]
+        outcome, value = self._script("submit", _SUBMIT)(keys=keys, args=args)
+        return outcome, value, record if outcome == "created" else None
+
+    def cancel(self, record: dict, cancelable: bool) -> str:
+        """Cancel a prediction: "canceled" when it was queued (or was canceled already);
+        "requested" when it runs on a model that can stop (it stops at its next check);
+        "running" when it runs on one that cannot; or its status when it has finished."""
+        prediction_id = record["id"]
+        keys = [self.key(prediction_id), self.claim_key(prediction_id),
+                self.pending_key(record["model"], record["version"]), self.claims_key]
+        return self._script("cancel", _CANCEL)(
+            keys=keys, args=[prediction_id, int(cancelable), repr(time.time()), self.channel(prediction_id)])
+
+    def cancel_requested(self, ids: list[str]) -> set[str]:
+        pipe = self.redis.pipeline(transaction=False)
+        for prediction_id in ids:
+            pipe.hexists(self.key(prediction_id), "cancel_requested")
+        return {prediction_id for prediction_id, asked in zip(ids, pipe.execute()) if asked}
+
     def get(self, prediction_id: str) -> dict | None:
         record = self.redis.hgetall(self.key(prediction_id))
         return record or None
@@ -90,59 +159,96 @@ class PredictionStore:
     def pending_key(self, model: str, version: str) -> str:
         return f"{self.prefix}pending:{model}:{version}"
 
-    def pop_pending(self, model: str, version: str, count: int) -> list[str]:
-        if count <= 0:
+    def stale_pending(self, model: str, version: str, before: float, limit: int = 10) -> list[str]:
+        """Up to `limit` of the oldest queued ids that were queued (or last re-sent) before
+        `before` and are claimed by nobody; each is marked as re-sent now. Ids whose record
+        has expired leave the list."""
+        key = self.pending_key(model, version)
+        ids = self.redis.lrange(key, 0, limit - 1)
+        if not ids:
             return []
-        return self.redis.lpop(self.pending_key(model, version), count) or []
+        pipe = self.redis.pipeline(transaction=False)
+        for prediction_id in ids:
+            pipe.hmget(self.key(prediction_id), "status", "queued_at", "resent_at")
+            pipe.exists(self.claim_key(prediction_id))
+        results = pipe.execute()
+        stale, pipe = [], self.redis.pipeline(transaction=False)
+        for prediction_id, (status, queued_at, resent_at), claimed in zip(ids, results[::2], results[1::2]):
+            if status is None:
+                pipe.lrem(key, 1, prediction_id)
+            elif status == QUEUED and not claimed and float(resent_at or queued_at) < before:
+                pipe.hset(self.key(prediction_id), "resent_at", repr(time.time()))
+                stale.append(prediction_id)
+        pipe.execute()
+        return stale
 
     @property
     def claims_key(self) -> str:
         return f"{self.prefix}claims"
 
-    def _claim_on(self, pipe, ids: list[str], worker: str, ttl_s: float) -> None:
-        for prediction_id in ids:
-            pipe.set(f"{self.prefix}claim:{prediction_id}", worker, nx=True, ex=max(1, int(ttl_s)))
-        # nx: never move the deadline of a claim another worker holds.
-        pipe.zadd(self.claims_key, {prediction_id: time.time() + ttl_s for prediction_id in ids}, nx=True)
+    def take(self, worker: str, ttl_s: float, model: str, version: str, count: int,
+             own_id: str = "") -> tuple[bool, str | None, list[str]]:
+        """In one atomic step: claim `own_id` (when given) and take it off the model's
+        pending list, then take up to `count` more ids off the list and claim them. So a
+        queued prediction is always either in the pending list or claimed, even when the
+        worker dies in between. Returns whether `own_id` was won (True when none was given),
+        its status once claimed, and the other ids taken (none when `own_id` was lost)."""
+        won, status, taken = self._script("take", _TAKE)(
+            keys=[self.claims_key, self.pending_key(model, version)],
+            args=[self.prefix, worker, max(1, int(ttl_s)), time.time() + ttl_s, own_id, max(0, count)])
+        return bool(won), status or None, list(taken)
 
-    def claim_and_take(self, own_id: str, worker: str, ttl_s: float, model: str, version: str,
-                       count: int) -> tuple[bool, list[str]]:
-        """Claim `own_id` and take up to `count` other queued ids, in one round trip.
-        Returns whether the claim was won, and the ids taken (none when it was lost: their
-        own messages still carry them)."""
-        key = self.pending_key(model, version)
-        pipe = self.redis.pipeline(transaction=False)
-        self._claim_on(pipe, [own_id], worker, ttl_s)
-        pipe.lrem(key, 1, own_id)  # queued order: it is near the head, so this stops early
-        if count > 0:
-            pipe.lpop(key, count)
-        results = pipe.execute()
-        taken = (results[-1] or []) if count > 0 else []
-        return bool(results[0]), taken if results[0] else []
-
-    def claim_records(self, ids: list[str], worker: str, ttl_s: float) -> list[dict]:
-        """Claim `ids` and read their records, in one round trip; only the won ones return."""
+    def get_many(self, ids: list[str]) -> list[dict]:
+        """The records of `ids` that still exist, in one round trip."""
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        self._claim_on(pipe, ids, worker, ttl_s)
         for prediction_id in ids:
             pipe.hgetall(self.key(prediction_id))
-        results = pipe.execute()
-        won, records = results[:len(ids)], results[len(ids) + 1:]
-        return [record for ok, record in zip(won, records) if ok and record]
+        return [record for record in pipe.execute() if record]
+
+    def requeue(self, prediction_id: str, model: str, version: str) -> None:
+        """Back at the head of the pending list, unclaimed (the sweeper sends it a message)."""
+        pipe = self.redis.pipeline(transaction=False)
+        self.release([prediction_id], pipe=pipe)
+        pipe.lpush(self.pending_key(model, version), prediction_id)
+        pipe.execute()
+
+    def expect_claim(self, pipe, deadlines: dict[str, float]) -> None:
+        """Enter ids in the claims index without claiming them: unless something claims
+        (and then releases) them by their deadline, the sweeper re-sends them."""
+        if deadlines:
+            pipe.zadd(self.claims_key, deadlines)
 
     def release(self, ids: list[str], pipe=None) -> None:
         if not ids:
             return
         target = pipe or self.redis.pipeline(transaction=False)
-        target.delete(*(f"{self.prefix}claim:{prediction_id}" for prediction_id in ids))
+        target.delete(*(self.claim_key(prediction_id) for prediction_id in ids))
         target.zrem(self.claims_key, *ids)
         if pipe is None:
             target.execute()
 
+    def renew(self, ids: list[str], worker: str, ttl_s: float) -> int:
+        """Extend the leases that `worker` still holds on `ids`; returns how many it held."""
+        if not ids:
+            return 0
+        keys = [self.claims_key, *(self.claim_key(prediction_id) for prediction_id in ids)]
+        return self._script("renew", _RENEW)(keys=keys, args=[worker, max(1, int(ttl_s)), time.time() + ttl_s, *ids])
+
+    def claim_key(self, prediction_id: str) -> str:
+        return f"{self.prefix}claim:{prediction_id}"
+
+    def is_claimed(self, prediction_id: str) -> bool:
+        return bool(self.redis.exists(self.claim_key(prediction_id)))
+
     def lapsed_claims(self, now: float | None = None) -> list[str]:
         return self.redis.zrangebyscore(self.claims_key, 0, now or time.time())
+
+    def _script(self, name: str, source: str):
+        if name not in self._scripts:
+            self._scripts[name] = self.redis.register_script(source)
+        return self._scripts[name]
 
     def delete(self, prediction_id: str) -> None:
         self.redis.delete(self.key(prediction_id))
@@ -230,3 +336,123 @@ def _confirmed(pubsub, channel: str, timeout_s: float = 2.0) -> None:
         if message is not None and message["type"] == "subscribe" and message["channel"] == channel:
             return
     raise redis.TimeoutError(f"Redis did not confirm the subscription to {channel} in {timeout_s:g} s.")
+
+
+# KEYS: the record, its pending list, its in-flight key, its idempotency key, then the pending
+# lists of its queue. ARGV: id, ttl, prefix, fingerprint ("" without an idempotency key),
+# queue limit (0: none), then the record's fields and values.
+_SUBMIT = """
+local unpack = unpack or table.unpack
+local id, ttl, prefix, fingerprint, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local function status_of(prediction_id)
+    return redis.call('HGET', prefix .. 'prediction:' .. prediction_id, 'status')
+end
+if fingerprint ~= '' then
+    local prior = redis.call('GET', KEYS[4])
+    if prior then
+        local bar = string.find(prior, '|', 1, true)
+        if string.sub(prior, 1, bar - 1) ~= fingerprint then
+            return {'mismatch', ''}
+        end
+        local first = string.sub(prior, bar + 1)
+        if first ~= '' and status_of(first) then
+            return {'replay', first}
+        end
+    end
+end
+local leader = redis.call('GET', KEYS[3])
+if leader then
+    local status = status_of(leader)
+    if status == 'queued' or status == 'running' then
+        if fingerprint ~= '' then
+            redis.call('SET', KEYS[4], fingerprint .. '|' .. leader, 'EX', ttl)
+        end
+        return {'joined', leader}
+    end
+end
+if limit > 0 then
+    local depth = 0
+    for i = 5, #KEYS do
+        depth = depth + redis.call('LLEN', KEYS[i])
+    end
+    if depth >= limit then
+        return {'full', tostring(depth)}
+    end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('RPUSH', KEYS[2], id)
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('SET', KEYS[3], id, 'EX', ttl)
+if fingerprint ~= '' then
+    redis.call('SET', KEYS[4], fingerprint .. '|' .. id, 'EX', ttl)
+end
+return {'created', id}
+"""
+
+# KEYS: the record, its claim key, its pending list, the claims sorted set; ARGV: id,
+# cancelable (1 or 0), now, its event channel.
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+    return 'missing'
+end
+if status == 'succeeded' or status == 'failed' or status == 'canceled' then
+    return status
+end
+if status == 'queued' and redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[3])
+    redis.call('HDEL', KEYS[1], 'retry_at')
+    redis.call('LREM', KEYS[3], 0, ARGV[1])
+    redis.call('ZREM', KEYS[4], ARGV[1])
+    redis.call('PUBLISH', ARGV[4], 'canceled')
+    return 'canceled'
+end
+if ARGV[2] == '1' then
+    redis.call('HSET', KEYS[1], 'cancel_requested', ARGV[3])
+    return 'requested'
+end
+return 'running'
+"""
+
+# KEYS: the claims sorted set, the pending list; ARGV: prefix, worker, ttl, deadline, own id or "", count.
+_TAKE = """
+local prefix, worker, ttl, deadline, own = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local count = tonumber(ARGV[6])
+local status = ''
+if own ~= '' then
+    if not redis.call('SET', prefix .. 'claim:' .. own, worker, 'NX', 'EX', ttl) then
+        return {0, '', {}}
+    end
+    redis.call('ZADD', KEYS[1], deadline, own)
+    redis.call('LREM', KEYS[2], 1, own)
+    status = redis.call('HGET', prefix .. 'prediction:' .. own, 'status') or ''
+end
+local taken = {}
+if count > 0 then
+    for _, id in ipairs(redis.call('LPOP', KEYS[2], count) or {}) do
+        if redis.call('SET', prefix .. 'claim:' .. id, worker, 'NX', 'EX', ttl) then
+            redis.call('ZADD', KEYS[1], deadline, id)
+            taken[#taken + 1] = id
+        end
+    end
+end
+return {1, status, taken}
+"""
+
+# KEYS: the claims sorted set, then one claim key per id; ARGV: worker, ttl, deadline, ids.
+_RENEW = """
+local held = 0
+for i = 2, #KEYS do
+    if redis.call('GET', KEYS[i]) == ARGV[1] then
+        redis.call('EXPIRE', KEYS[i], ARGV[2])
+        redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i + 2])
+        held = held + 1
+    end
+end
+return held
+"""
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,18 +1,21 @@
 """How work is handed to the workers: one small base class, a real and a fake."""
 from __future__ import annotations
 
+from models.declaration import ModelSpec
 from tasks.celery_app import BATCH_CHUNK_TASK, BATCH_PLAN_TASK, BATCH_QUEUE, PREDICT_TASK
 
 
 class TaskSender:
-    def dispatch(self, task: str, args: list, *, queue: str, time_limit_s: float | None = None,
-                 describe: str | None = None) -> None:
+    def dispatch(self, task: str, args: list, *, queue: str, time_limits: tuple[float, float] | None = None,
+                 countdown: float | None = None, describe: str | None = None) -> None:
         """Queue `task(*args)`; `describe` is how monitors (Flower, worker logs) show the args."""
         raise NotImplementedError
 
-    def send(self, prediction_id: str, *, queue: str, timeout_s: float, describe: str | None = None) -> None:
-        self.dispatch(PREDICT_TASK, [prediction_id], queue=queue, time_limit_s=timeout_s,
-                      describe=f"{describe}, prediction {prediction_id}" if describe else None)
+    def send(self, prediction_id: str, spec: ModelSpec, *, countdown: float | None = None) -> None:
+        """Queue a prediction on its model's queue, under the model's soft and hard time limits."""
+        self.dispatch(PREDICT_TASK, [prediction_id], queue=spec.queue,
+                      time_limits=(spec.timeout_s, spec.hard_timeout_s), countdown=countdown,
+                      describe=f"{spec.name} {spec.version}, prediction {prediction_id}")
 
     def send_plan(self, job_id: str) -> None:
         self.dispatch(BATCH_PLAN_TASK, [job_id], queue=BATCH_QUEUE)
@@ -25,9 +28,11 @@ class CelerySender(TaskSender):
     def __init__(self, celery):
         self.celery = celery
 
-    def dispatch(self, task: str, args: list, *, queue: str, time_limit_s: float | None = None,
-                 describe: str | None = None) -> None:
-        options = {} if time_limit_s is None else {"soft_time_limit": time_limit_s, "time_limit": time_limit_s + 30}
+    def dispatch(self, task: str, args: list, *, queue: str, time_limits: tuple[float, float] | None = None,
+                 countdown: float | None = None, describe: str | None = None) -> None:
+        options = {} if time_limits is None else {"soft_time_limit": time_limits[0], "time_limit": time_limits[1]}
+        if countdown:
+            options["countdown"] = countdown
         if describe:
             options["argsrepr"] = f"({describe})"
         # retry=False: when the broker is down the API answers 503 at once instead of
@@ -42,8 +47,9 @@ class RecordingSender(TaskSender):
         self.sent: list[dict] = []
         self.on_send = on_send
 
-    def dispatch(self, task: str, args: list, *, queue: str, time_limit_s: float | None = None,
-                 describe: str | None = None) -> None:
-        self.sent.append({"task": task, "args": args, "queue": queue, "time_limit_s": time_limit_s})
+    def dispatch(self, task: str, args: list, *, queue: str, time_limits: tuple[float, float] | None = None,
+                 countdown: float | None = None, describe: str | None = None) -> None:
+        self.sent.append({"task": task, "args": args, "queue": queue, "time_limits": time_limits,
+                          "countdown": countdown})
         if self.on_send is not None:
             self.on_send(*args)

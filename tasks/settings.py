@@ -22,6 +22,11 @@ class Settings:
     prediction_ttl_s: int = 24 * 3600
     # Upper bound on `Prefer: wait=N`; a held request ties up an API thread.
     max_wait_s: float = 30.0
+    # Backpressure: how many predictions may wait in one queue (the pending lists of the
+    # models routed to it) before submissions are refused with 503 and Retry-After; 0: no
+    # limit. `queue_limits` overrides it per queue: "realtime-gpu=200,realtime-cpu=5000".
+    queue_limit: int = 1000
+    queue_limits: str = ""
     # Requests per API process that may wait at once; past it, `Prefer: wait` gets 202 at once.
     max_waiters: int = 4
     # Event streams (GET /predictions/{id}/events) per API process: each holds a thread while
@@ -34,8 +39,14 @@ class Settings:
     retry_after_s: int = 5
     # Workers heartbeat at this interval; readiness trusts a beat twice as old.
     heartbeat_s: float = 5.0
-    # How often beat asks for predictions whose worker died mid-batch to be re-sent.
-    sweep_s: float = 10.0
+    # A running batch leases its predictions (`ferry:claim:{id}`) for this long and renews the
+    # lease every third of it; a dead worker's predictions lapse within one lease.
+    claim_lease_s: float = 15.0
+    # How often beat asks for predictions whose claim lapsed (their worker died) to be re-sent.
+    sweep_s: float = 5.0
+    # The broker re-delivers a message that a worker took but never acknowledged after this
+    # long; it must exceed the longest hard time limit (see README, "Delivery").
+    visibility_timeout_s: int = 300
     # cpu, cuda:N or auto: where a worker's models run (`ferry worker --device`).
     device: str = "cpu"
     worker_concurrency: int = 2
@@ -81,6 +92,13 @@ class Settings:
     @property
     def api_metrics_dir(self) -> Path:
         return Path(self.metrics_dir or Path(self.data_dir) / "api-metrics")
+
+    def queue_limit_for(self, queue: str) -> int:
+        for entry in filter(None, (part.strip() for part in self.queue_limits.split(","))):
+            name, _, limit = entry.partition("=")
+            if name.strip() == queue:
+                return int(limit)
+        return self.queue_limit
 
     @property
     def batch_inputs(self) -> Path:

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 
 from celery.signals import worker_init
+
+log = logging.getLogger(__name__)
 
 
 def missing_entrypoints(registry) -> list[str]:
@@ -22,14 +25,28 @@ def missing_entrypoints(registry) -> list[str]:
     return missing
 
 
+def outlast_visibility(registry, visibility_timeout_s: float) -> list[str]:
+    """Models whose hard time limit or longest retry wait reaches the visibility timeout:
+    the broker would re-deliver their messages while they still run or wait."""
+    return [f"{spec.name} (hard limit {spec.hard_timeout_s:g} s, longest retry wait {spec.retry_backoff_max_s:g} s)"
+            for spec in registry.specs()
+            if max(spec.hard_timeout_s, spec.retry_backoff_max_s) >= visibility_timeout_s]
+
+
 @worker_init.connect
 def _check_repository(**kwargs) -> None:
     from tasks.context import current
 
-    missing = missing_entrypoints(current().registry)
+    ctx = current()
+    missing = missing_entrypoints(ctx.registry)
     if missing:
         raise RuntimeError("Model classes not importable: " + ", ".join(missing)
                            + ". Hint: the module must be on the worker's Python path.")
+    too_long = outlast_visibility(ctx.registry, ctx.settings.visibility_timeout_s)
+    if too_long:
+        log.warning("These models outlast FERRY_VISIBILITY_TIMEOUT_S=%s: %s. Their messages may be delivered "
+                    "twice (harmless, but wasted work). Hint: raise the timeout above the longest hard limit.",
+                    ctx.settings.visibility_timeout_s, ", ".join(too_long))
 
 
 def refuse_cuda_before_fork(modules=sys.modules) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from models.base import Model
+from models.base import Model, TransientError
 
 
 class Echo(Model):
@@ -78,3 +78,42 @@ class Probe(Model):
         product = torch.ones(2, 2, device=self.device) @ torch.ones(2, 2, device=self.device)
         return [{"pid": os.getpid(), "device": self.device, "inference_mode": torch.is_inference_mode_enabled(),
                  "dtype": str(product.dtype), "x": item["x"]} for item in batch]
+
+
+class Flaky(Model):
+    """Fails transiently `x` times for each input (counted in this process), then succeeds."""
+
+    def setup(self, device: str) -> None:
+        self.failures: dict[float, int] = {}
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        for item in batch:
+            seen = self.failures.get(item["x"], 0)
+            if seen < item["x"]:
+                self.failures[item["x"]] = seen + 1
+                raise TransientError("upstream is busy")
+        return [{"tries": item["x"] + 1} for item in batch]
+
+
+class Stubborn(Model):
+    """Sleeps `x` seconds and swallows the soft time limit: only the hard limit stops it."""
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        deadline = time.monotonic() + batch[0]["x"]
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(0.05)
+            except BaseException:  # noqa: B036  (what a badly written model does)
+                pass
+        return [{"slept": item["x"]} for item in batch]
+
+
+class Patient(Model):
+    """Works `x` seconds in small steps, checking between them whether it was canceled."""
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        deadline = time.monotonic() + batch[0]["x"]
+        while time.monotonic() < deadline:
+            self.check_canceled()
+            time.sleep(0.02)
+        return [{"worked": item["x"]} for item in batch]

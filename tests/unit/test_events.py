@@ -37,7 +37,10 @@ def next_event(stream):
 
 
 def submit(client) -> str:
-    response = client.post("/models/digits/predictions", json={"input": {"pixels": PIXELS}})
+    # A new input each time: an identical one would share the prediction already queued.
+    submit.count = getattr(submit, "count", 0) + 1
+    pixels = [float(submit.count % 17), float(submit.count // 17 % 17)] + PIXELS[2:]
+    response = client.post("/models/digits/predictions", json={"input": {"pixels": pixels}})
     assert response.status_code == 202
     return response.json["id"]
 

@@ -1,5 +1,6 @@
 """The worker's logic, called directly with fake models on fakeredis."""
 import json
+import time
 
 import pytest
 
@@ -160,9 +161,72 @@ def test_one_bad_input_fails_alone_in_a_batch(batching_ctx):
 def test_a_prediction_claimed_by_a_live_worker_is_left_to_it(batching_ctx):
     ctx = batching_ctx
     record = submit(ctx)
-    assert [r["id"] for r in ctx.store.claim_records([record["id"]], "other-host:1", 60)] == [record["id"]]
+    claim_as(ctx, record["id"], "other-host:1", 60)
     assert run_prediction(record["id"], ctx) == "claimed elsewhere"
     assert ctx.store.get(record["id"])["status"] == "queued"
+
+
+def claim_as(ctx, prediction_id, worker, ttl_s):
+    """What another worker's claim looks like: taken off the pending list, a lease, a deadline."""
+    ctx.redis.lrem(ctx.store.pending_key("echo", "1"), 1, prediction_id)
+    ctx.redis.set(ctx.store.claim_key(prediction_id), worker, ex=ttl_s)
+    ctx.redis.zadd(ctx.store.claims_key, {prediction_id: time.time() + ttl_s})
+
+
+def lapse(ctx, prediction_id):
+    """What the passing of a lease does: the claim key expires, its deadline is past."""
+    ctx.redis.delete(ctx.store.claim_key(prediction_id))
+    ctx.redis.zadd(ctx.store.claims_key, {prediction_id: 1.0})
+
+
+def test_sweeper_leaves_a_prediction_claimed_again_since_its_deadline(batching_ctx):
+    from tasks.predict import sweep
+
+    ctx = batching_ctx
+    record = submit(ctx)
+    claim_as(ctx, record["id"], "dead-host:1", 60)
+    lapse(ctx, record["id"])
+    claim_as(ctx, record["id"], "live-host:2", 60)  # its own message reached a live worker
+    assert sweep(ctx, lambda *a, **k: pytest.fail("must not resend")) == []
+
+
+def test_taking_ids_claims_them_in_the_same_step(batching_ctx):
+    from tasks.leases import worker_name
+
+    ctx = batching_ctx
+    submitted = [submit(ctx, x=float(x)) for x in range(3)]
+    won, status, taken = ctx.store.take(worker_name(), 15, "echo", "1", 5, own_id=submitted[1]["id"])
+    assert (won, status, taken) == (True, "queued", [submitted[0]["id"], submitted[2]["id"]])
+    assert ctx.redis.llen(ctx.store.pending_key("echo", "1")) == 0
+    assert all(ctx.store.is_claimed(record["id"]) for record in submitted)
+    assert ctx.redis.zcard(ctx.store.claims_key) == 3
+
+
+def test_a_prediction_canceled_while_it_was_claimed_is_not_run(batching_ctx):
+    ctx = batching_ctx
+    record = submit(ctx)
+    ctx.store.update(record["id"], records.CANCELED)
+    # Its message read the record before the cancel, then claimed it.
+    ctx.store.get = lambda prediction_id, get=ctx.store.get: {**get(prediction_id), "status": "queued"}
+    assert run_prediction(record["id"], ctx) == records.CANCELED
+    assert not ctx.store.is_claimed(record["id"])
+
+
+def test_leases_are_renewed_only_where_still_held(batching_ctx):
+    from tasks.leases import worker_name
+
+    ctx = batching_ctx
+    mine, theirs = submit(ctx, x=1.0), submit(ctx, x=2.0)
+    claim_as(ctx, mine["id"], worker_name(), 5)
+    claim_as(ctx, theirs["id"], "other-host:9", 5)
+    with ctx.leases.holding([mine["id"]]) as held:
+        held.append(theirs["id"])
+        assert ctx.leases.renew_now() == 1
+    assert ctx.redis.ttl(ctx.store.claim_key(mine["id"])) > 5  # renewed to the 15 s lease
+    assert ctx.redis.ttl(ctx.store.claim_key(theirs["id"])) <= 5
+    deadline = ctx.redis.zscore(ctx.store.claims_key, mine["id"])
+    assert deadline > ctx.redis.zscore(ctx.store.claims_key, theirs["id"]) + 5
+    assert ctx.leases.held() == []
 
 
 def test_sweeper_resends_predictions_whose_worker_died(batching_ctx):
@@ -170,14 +234,32 @@ def test_sweeper_resends_predictions_whose_worker_died(batching_ctx):
 
     ctx = batching_ctx
     record = submit(ctx)
-    ctx.store.claim_records([record["id"]], "dead-host:1", 60)
+    claim_as(ctx, record["id"], "dead-host:1", 60)
     sent = []
-    resend = lambda prediction_id, **kwargs: sent.append((prediction_id, kwargs))  # noqa: E731
+    resend = lambda prediction_id, spec: sent.append((prediction_id, spec.name))  # noqa: E731
     assert sweep(ctx, resend) == []  # the claim has not lapsed yet
-    ctx.redis.zadd(ctx.store.claims_key, {record["id"]: 1.0})
+    lapse(ctx, record["id"])
     assert sweep(ctx, resend) == [record["id"]]
-    assert sent == [(record["id"], {"queue": "realtime-cpu", "timeout_s": 60.0, "describe": "echo 1"})]
+    assert sent == [(record["id"], "echo")]
+    assert ctx.redis.lrange(ctx.store.pending_key("echo", "1"), 0, -1) == [record["id"]]  # back in the queue
     assert run_prediction(record["id"], ctx) == records.SUCCEEDED  # the claim was released
+
+
+def test_sweeper_resends_a_prediction_whose_message_was_lost(batching_ctx):
+    from tasks.predict import sweep
+
+    ctx = batching_ctx
+    old, recent = submit(ctx, x=1.0), submit(ctx, x=2.0)
+    waited = ctx.settings.visibility_timeout_s + 1
+    ctx.redis.hset(ctx.store.key(old["id"]), "queued_at", repr(float(old["queued_at"]) - waited))
+    sent = []
+    resend = lambda prediction_id, spec: sent.append(prediction_id)  # noqa: E731
+    assert sweep(ctx, resend) == [old["id"]]
+    assert sweep(ctx, resend) == []  # re-sent once per visibility timeout, not at every sweep
+    ctx.redis.delete(ctx.store.key(recent["id"]))  # an expired record leaves the pending list
+    sweep(ctx, resend)
+    assert ctx.redis.lrange(ctx.store.pending_key("echo", "1"), 0, -1) == [old["id"]]
+    assert run_prediction(old["id"], ctx) == records.SUCCEEDED
 
 
 def test_sweeper_fails_a_prediction_that_keeps_killing_workers(batching_ctx):
@@ -186,8 +268,8 @@ def test_sweeper_fails_a_prediction_that_keeps_killing_workers(batching_ctx):
     ctx = batching_ctx
     record = submit(ctx)
     ctx.redis.hset(ctx.store.key(record["id"]), "attempts", MAX_ATTEMPTS)  # three runs began, none ended
-    ctx.store.claim_records([record["id"]], "host:3", 60)
-    ctx.redis.zadd(ctx.store.claims_key, {record["id"]: 1.0})
+    claim_as(ctx, record["id"], "host:3", 60)
+    lapse(ctx, record["id"])
     assert sweep(ctx, lambda *a, **k: pytest.fail("must not resend")) == []
     assert "3 times" in ctx.store.get(record["id"])["error"]
 
@@ -197,3 +279,93 @@ def test_each_run_counts_an_attempt(batching_ctx):
     record = submit(ctx)
     run_prediction(record["id"], ctx)
     assert ctx.store.get(record["id"])["attempts"] == "1"
+
+
+def test_redis_lost_mid_task_requeues_the_message_instead_of_acknowledging_it(ctx, redis_server, monkeypatch):
+    from celery.exceptions import Reject
+
+    import tasks.predict as predict_module
+
+    record = submit(ctx)
+    monkeypatch.setattr(predict_module, "current", lambda: ctx)
+    redis_server.connected = False
+    with pytest.raises(Reject) as raised:
+        predict_module.predict.run(record["id"])
+    assert raised.value.requeue is True
+
+
+@pytest.fixture
+def retry_ctx(fake_redis):
+    from tasks.senders import RecordingSender
+
+    specs = parse_repository({"models": [declaration("flaky", "Flaky", retries={"max": 2, "backoff_s": 4})]})
+    return WorkerContext.build(Settings(redis_url="redis://unused:1/0"), fake_redis, Registry(specs),
+                               sender=RecordingSender())
+
+
+def due(ctx, prediction_id):
+    """What the passing of a retry's backoff does."""
+    ctx.redis.hset(ctx.store.key(prediction_id), "retry_at", repr(1.0))
+
+
+def test_transient_error_is_retried_with_backoff_then_succeeds(retry_ctx):
+    ctx = retry_ctx
+    record = submit(ctx, model="flaky", x=2.0)  # fails twice, then works
+    assert run_prediction(record["id"], ctx) == records.QUEUED
+    stored = ctx.store.get(record["id"])
+    assert stored["retries"] == "1" and stored["error"].startswith("TransientError: upstream is busy (retry 1 of 2 in")
+    [sent] = ctx.sender.sent
+    assert sent["args"] == [record["id"]] and 2 <= sent["countdown"] <= 4  # 4 s, with jitter
+    assert run_prediction(record["id"], ctx) == "waiting to retry"  # its old message, before the backoff ends
+    due(ctx, record["id"])
+    assert run_prediction(record["id"], ctx) == records.QUEUED
+    assert 4 <= ctx.sender.sent[-1]["countdown"] <= 8  # doubled
+    due(ctx, record["id"])
+    assert run_prediction(record["id"], ctx) == records.SUCCEEDED
+    stored = ctx.store.get(record["id"])
+    assert json.loads(stored["output"]) == {"tries": 3.0} and "error" not in stored
+
+
+def test_transient_errors_past_the_retries_fail_clearly(retry_ctx):
+    ctx = retry_ctx
+    record = submit(ctx, model="flaky", x=9.0)
+    for _ in range(2):
+        assert run_prediction(record["id"], ctx) == records.QUEUED
+        due(ctx, record["id"])
+    assert run_prediction(record["id"], ctx) == records.FAILED
+    assert ctx.store.get(record["id"])["error"] == "TransientError: upstream is busy (gave up after 2 retries)"
+    assert len(ctx.sender.sent) == 2
+
+
+def test_a_lost_retry_message_is_resent_by_the_sweeper(retry_ctx):
+    from tasks.predict import sweep
+
+    ctx = retry_ctx
+    record = submit(ctx, model="flaky", x=1.0)
+    run_prediction(record["id"], ctx)
+    sent = []
+    assert sweep(ctx, lambda prediction_id, spec: sent.append(prediction_id)) == []
+    ctx.redis.zadd(ctx.store.claims_key, {record["id"]: 1.0})  # overdue
+    assert sweep(ctx, lambda prediction_id, spec: sent.append(prediction_id)) == [record["id"]]
+
+
+def test_other_errors_fail_at_once_without_retry(ctx):
+    from tasks.senders import RecordingSender
+
+    ctx.sender = RecordingSender()
+    record = submit(ctx, model="broken")
+    assert run_prediction(record["id"], ctx) == records.FAILED
+    assert ctx.sender.sent == []
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (ValueError("bad\n  value"), "ValueError: bad value"),
+    (RuntimeError('step failed\nTraceback (most recent call last):\n  File "m.py", line 3\nKeyError: 1'),
+     "RuntimeError: step failed"),
+    (KeyError(), "KeyError"),
+    (ValueError("x" * 900), "ValueError: " + "x" * 487 + "…"),
+])
+def test_error_messages_are_one_clear_line_without_traceback(exc, expected):
+    from models.base import error_message
+
+    assert error_message(exc) == expected
