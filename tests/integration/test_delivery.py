@@ -33,11 +33,14 @@ FAST_RECOVERY = {"claim_lease_s": 3, "sweep_s": 1, "visibility_timeout_s": 6}
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("delivery")
     repository = root / "repository.yaml"
+    # A long soft limit: a pool process imports torch on its first batch, which can take
+    # a minute on a busy machine, and an import cut short by the limit breaks the process.
+    limits = {"timeout_s": 600}
     repository.write_text(yaml.safe_dump({"models": [
         # 20 ms per input, up to 8 inputs a forward pass.
-        declaration("steady", "SlowEach", batching={"max_batch_size": 8, "max_wait_ms": 0}),
+        declaration("steady", "SlowEach", batching={"max_batch_size": 8, "max_wait_ms": 0}, **limits),
         # Sleeps x seconds, one input at a time.
-        declaration("sleepy", "Slow"),
+        declaration("sleepy", "Slow", **limits),
     ]}))
     server = RedisServer(root / "redis", appendonly=True).start()
     settings = {"model_repository": repository, "data_dir": root, **FAST_RECOVERY}
@@ -81,7 +84,7 @@ def submit(client, model: str, xs: list[float]) -> list[str]:
     return ids
 
 
-def wait_all_finished(stack, ids: list[str], timeout_s: float = 90) -> Counter:
+def wait_all_finished(stack, ids: list[str], timeout_s: float = 300) -> Counter:
     def finished():
         counts = Counter(statuses(stack.redis, ids))
         return counts if counts["queued"] + counts["running"] == 0 else None
@@ -98,7 +101,7 @@ def test_worker_killed_mid_batch_loses_nothing(stack):
         counts = Counter(statuses(stack.redis, ids))
         return counts["succeeded"] >= 16 and counts["running"] >= 1
 
-    wait_for(busy, 60, "the first worker mid-way")
+    wait_for(busy, 300, "the first worker mid-way")
     os.killpg(first.pid, signal.SIGKILL)  # the whole worker: main process and pool processes
     first.wait(10)
     at_kill = Counter(statuses(stack.redis, ids))
