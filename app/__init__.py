@@ -69,6 +69,7 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
     for blueprint in (models.blp, predictions.blp, batch_jobs.blp, health.blp):
         api.register_blueprint(blueprint)
     errors.init_app(app, settings.retry_after_s)
+    docs.document_models(api, app.extensions["ferry"].registry, settings)
     docs.init_app(app)
     metrics.init_app(app)
     dashboard.init_app(app)

@@ -163,12 +163,10 @@ def input_json_schema(spec: ModelSpec) -> dict:
         if field.description:
             prop["description"] = field.description
         properties[field.name] = prop
-    schema = {
-        "type": "object",
-        "properties": properties,
-        "required": [field.name for field in spec.inputs if field.required],
-        "additionalProperties": False,
-    }
+    schema = {"type": "object", "properties": properties, "additionalProperties": False}
+    required = [field.name for field in spec.inputs if field.required]
+    if required:  # OpenAPI 3.0 (JSON Schema draft 4) allows no empty `required`
+        schema["required"] = required
     if spec.one_of:
         schema["oneOf"] = [{"required": [name]} for group in spec.one_of for name in group]
     return schema

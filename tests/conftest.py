@@ -5,6 +5,8 @@ that are not about auth need no headers; for an app a test builds itself, use
 `tests.auth.keyed_client(app)`, and `app.test_client()` for a caller without a key."""
 from __future__ import annotations
 
+import sys
+
 import fakeredis
 import pytest
 
@@ -42,3 +44,10 @@ def client(app):
 @pytest.fixture
 def runner(app):
     return app.test_cli_runner()
+
+
+def pytest_terminal_summary(terminalreporter):
+    fuzz = sys.modules.get("tests.unit.test_fuzz")
+    line = fuzz.summary() if fuzz is not None else None
+    if line:
+        terminalreporter.write_line(line)

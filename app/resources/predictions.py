@@ -161,12 +161,22 @@ def _idempotency_mismatch(key: str):
     abort(422, message=message, errors={"headers": {"Idempotency-Key": [message]}})
 
 
+# Where a queued prediction is followed (OpenAPI links: for clients, /docs and the fuzzer).
+_FOLLOW = {
+    "prediction": {"operationRef": "#/paths/~1predictions~1{prediction_id}/get",
+                   "parameters": {"prediction_id": "$response.body#/id"}},
+    "events": {"operationRef": "#/paths/~1predictions~1{prediction_id}~1events/get",
+               "parameters": {"prediction_id": "$response.body#/id"}},
+}
+
+
 @blp.route("/models/<name>/predictions")
 class Submissions(MethodView):
     @blp.requires(PREDICT)
     @known_model
     @cache_hits_first
     @blp.arguments(SubmitSchema)
+    @blp.doc(responses={202: {"links": _FOLLOW}})
     @blp.response(202, PredictionSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(200, schema=PredictionSchema,
                       description="Answered from the cache, or finished within `Prefer: wait=N`.")
@@ -327,10 +337,23 @@ def _shown(record: dict, queue_position: int | None) -> dict:
     return PredictionSchema().dump(view(record, queue_position))
 
 
+def _event(kinds: list[str], data: dict) -> dict:
+    return {"type": "object", "required": ["event", "data"], "properties": {
+        "event": {"type": "string", "enum": kinds},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}}}
+
+
+# One server-sent event (before OpenAPI 3.2, `schema` of an event stream describes each event).
+_EVENT_SCHEMA = {"oneOf": [
+    _event(["status", "progress"], {"$ref": "#/components/schemas/Prediction"}),
+    _event(["error"], {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}}),
+]}
+
+
 @blp.route("/predictions/<prediction_id>/events")
 class PredictionEventStream(MethodView):
     @blp.requires(PREDICT)
-    @blp.doc(responses={"200": {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": (
+    @blp.doc(responses={"200": {"content": {"text/event-stream": {"schema": _EVENT_SCHEMA}}, "description": (
         "Server-sent events until the prediction is done: `event: status` when its status changed, "
         "`event: progress` when its queue position, progress or partial output did; `data` is the "
         "prediction as GET /predictions/{id} shows it. Lines starting with `:` are heartbeats.")}})
