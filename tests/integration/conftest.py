@@ -87,14 +87,16 @@ def batch_worker(redis_url, real_redis, tmp_path_factory, repository_file, data_
 
 
 def build_live_app(redis_url, repository_file, data_dir, **settings):
-    """The API against a real Redis and Celery, as every integration test builds it."""
+    """The API against a real Redis and Celery, as every integration test builds it; tests
+    that submit in bursts must not meet the per-key rate limit unless they ask for one."""
     return create_app({"TESTING": True, "redis_url": redis_url, "model_repository": str(repository_file),
-                       "data_dir": str(data_dir), "admin_key": ADMIN_KEY, **settings})
+                       "data_dir": str(data_dir), "admin_key": ADMIN_KEY, "rate_limit": TEST_RATE_LIMIT,
+                       **settings})
 
 
 @pytest.fixture
 def live_app(redis_url, worker, repository_file, data_dir):
-    return build_live_app(redis_url, repository_file, data_dir, rate_limit=TEST_RATE_LIMIT)
+    return build_live_app(redis_url, repository_file, data_dir)
 
 
 @pytest.fixture(scope="session")
