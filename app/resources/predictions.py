@@ -100,12 +100,10 @@ def cache_hits_first(view):
         spec = spec_or_404(name)
         validated = _glance(spec)
         if validated is not None:
-            cache_key, raw = lookup(spec, validated)
+            cache_key = services().cache.key(spec.name, spec.version, validated)
+            raw = lookup(spec, validated, cache_key)
             if raw is not None:
-                metrics.CACHE_HITS.labels(spec.name).inc()
-                # The cached output is JSON already: spliced into the body, never parsed.
-                return Response(_hit_prefix(spec.name, spec.version) + raw.encode() + b"}", 200,
-                                mimetype="application/json")
+                return cache_hit(spec, raw)
             g.ferry_missed = (validated, cache_key)
         return view(*args, name=name, **kwargs)
 
@@ -135,14 +133,18 @@ def _hit_prefix(model: str, version: str) -> bytes:
     return head[:-1] + b',"output":'
 
 
-def lookup(spec, validated: dict) -> tuple[str, str | None]:
-    """The cache key and the cached output (encoded JSON), counting the input for the
-    nightly "popular inputs" precompute in the same round trip."""
+def lookup(spec, validated: dict, cache_key: str) -> str | None:
+    """The cached output (encoded JSON) or None, counting the input for the nightly
+    "popular inputs" precompute in the same round trip."""
     ferry = services()
-    cache_key = ferry.cache.key(spec.name, spec.version, validated)
-    raw = ferry.cache.get_raw(
+    return ferry.cache.get_raw(
         cache_key, also=lambda pipe: ferry.popularity.count(pipe, spec.name, spec.version, validated))
-    return cache_key, raw
+
+
+def cache_hit(spec, raw: str) -> Response:
+    """The 200 of a cache hit: the cached output is JSON already, spliced into the body, never parsed."""
+    metrics.CACHE_HITS.labels(spec.name).inc()
+    return Response(_hit_prefix(spec.name, spec.version) + raw.encode() + b"}", 200, mimetype="application/json")
 
 
 def idempotency_key() -> str | None:
@@ -194,8 +196,9 @@ class Submissions(MethodView):
         spec = spec_or_404(name)
         owner = current_key().id
         key = idempotency_key()
-        if "ferry_missed" in g:  # validated and looked up by cache_hits_first
-            validated, cache_key = g.ferry_missed
+        missed = g.get("ferry_missed")
+        if missed is not None:  # validated and looked up by cache_hits_first
+            validated, cache_key = missed
         else:
             try:
                 validated = ferry.registry.input_schema(name).load(body["input"])
@@ -213,14 +216,12 @@ class Submissions(MethodView):
             first = ferry.store.get(prior[1]) if prior[1] else None
             if first is not None:
                 return _accepted(first, replayed=True)
-        if "ferry_missed" not in g:
-            cache_key, raw = lookup(spec, validated)
+        if missed is None:
+            raw = lookup(spec, validated, cache_key)
             if raw is not None:
-                metrics.CACHE_HITS.labels(spec.name).inc()
                 if key is not None and prior is None:
                     ferry.store.remember_idempotent(owner, key, fingerprint)
-                return {"model": spec.name, "version": spec.version, "status": records.SUCCEEDED,
-                        "cached": True, "output": orjson.loads(raw)}, 200
+                return cache_hit(spec, raw)
         metrics.CACHE_MISSES.labels(spec.name).inc()
         prediction_id = records.new_prediction_id()
         wait_s = prefer_wait(ferry.settings.max_wait_s)
@@ -250,12 +251,8 @@ class Submissions(MethodView):
                     log.info("prediction queued for %s %s on %s", spec.name, spec.version, spec.queue)
                     headers = {"Location": url_for("predictions.PredictionById", prediction_id=prediction_id)}
                     if watch is not None:
-                        headers["Preference-Applied"] = f"wait={wait_s:g}"
-                        try:
-                            record = watch.wait(wait_s) or record
-                        except (redis.ConnectionError, redis.TimeoutError):
-                            pass  # the prediction is accepted and queued: answer 202, never 503, from here on
-                    return view(record), 200 if record["status"] in records.TERMINAL else 202, headers
+                        record = _waited(watch, record, wait_s, headers)
+                    return _answer(record, headers)
         finally:
             if waiting:
                 ferry.waiters.release()
@@ -275,17 +272,30 @@ def _accepted(record: dict, replayed: bool = False):
         headers["Idempotent-Replayed"] = "true"
     wait_s = prefer_wait(ferry.settings.max_wait_s)
     if wait_s and record["status"] not in records.TERMINAL and ferry.waiters.acquire(blocking=False):
-        headers["Preference-Applied"] = f"wait={wait_s:g}"
         try:
             with ferry.store.watching(record["id"]) as watch:
                 # Read again once subscribed: it may have finished before the subscription.
                 record = ferry.store.get(record["id"]) or record
-                if record["status"] not in records.TERMINAL:
-                    record = watch.wait(wait_s) or record
+                record = _waited(watch, record, wait_s, headers)
         except (redis.ConnectionError, redis.TimeoutError):
             pass  # the prediction is accepted and queued: answer 202, never 503, from here on
         finally:
             ferry.waiters.release()
+    return _answer(record, headers)
+
+
+def _waited(watch, record: dict, wait_s: float, headers: dict) -> dict:
+    """The record once it is terminal, or as it stands after `Prefer: wait` runs out."""
+    headers["Preference-Applied"] = f"wait={wait_s:g}"
+    if record["status"] in records.TERMINAL:
+        return record
+    try:
+        return watch.wait(wait_s) or record
+    except (redis.ConnectionError, redis.TimeoutError):
+        return record  # the prediction is accepted and queued: answer 202, never 503, from here on
+
+
+def _answer(record: dict, headers: dict):
     return view(record), 200 if record["status"] in records.TERMINAL else 202, headers
 
 
