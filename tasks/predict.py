@@ -131,12 +131,15 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
     finished = repr(time.time())
     # Canceled while running: whatever came of it, the answer is `canceled`.
     canceled = ctx.store.cancel_requested(ids) if spec.cancelable else set()
+    run_ms = (float(finished) - float(started)) * 1000
     statuses = {}
     pipe = ctx.redis.pipeline(transaction=False)
     for record, (encoded, error) in zip(batch, outcomes):
+        tags = {"prediction_id": record["id"], "request_id": record.get("request_id") or "-"}
         if record["id"] in canceled:
             ctx.store.update(record["id"], records.CANCELED, pipe=pipe, finished_at=finished)
             statuses[record["id"]] = records.CANCELED
+            log.info("prediction of %s canceled while running", spec.name, extra=tags)
         elif error is None:
             ctx.cache.set(record["cache_key"], encoded, spec.cache_ttl_s, pipe=pipe)
             ctx.store.update(record["id"], records.SUCCEEDED, pipe=pipe, record=record, output=encoded,
@@ -144,15 +147,10 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
             if record.get("retries"):
                 pipe.hdel(ctx.store.key(record["id"]), "error", "retry_at")  # a retry's note, now moot
             statuses[record["id"]] = records.SUCCEEDED
+            log.info("prediction of %s succeeded in %.1f ms (batch of %d)", spec.name, run_ms, len(batch), extra=tags)
         else:
             ctx.store.update(record["id"], records.FAILED, pipe=pipe, record=record, error=error, finished_at=finished)
             statuses[record["id"]] = records.FAILED
-    run_ms = (float(finished) - float(started)) * 1000
-    for record, (_, error) in zip(batch, outcomes):
-        tags = {"prediction_id": record["id"], "request_id": record.get("request_id") or "-"}
-        if error is None:
-            log.info("prediction of %s succeeded in %.1f ms (batch of %d)", spec.name, run_ms, len(batch), extra=tags)
-        else:
             log.warning("prediction of %s failed: %s", spec.name, error, extra=tags)
     succeeded = sum(status == records.SUCCEEDED for status in statuses.values())
     observed.count(metrics.COMPLETED, spec.name, succeeded)
