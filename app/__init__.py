@@ -11,9 +11,10 @@ from app.resources import batch_jobs, health, models, predictions
 from app.services import Services
 from batch_jobs.sources import PopularityCounter
 from models.cache import PredictionCache
-from models.registry import Registry
 from tasks import logs
+from tasks.context import build_registry
 from tasks.records import PredictionStore
+from tasks.request_log import RequestLog
 from tasks.senders import CelerySender, TaskSender
 from tasks.settings import Settings
 
@@ -49,10 +50,13 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
         from tasks.celery_app import create_celery
 
         sender = CelerySender(create_celery(settings))
+    registry = build_registry(settings, redis_client)
     app.extensions["ferry"] = Services(
         settings=settings,
         redis=redis_client,
-        registry=Registry.from_file(settings.model_repository),
+        registry=registry,
+        runtime=registry.runtime,
+        request_log=RequestLog(redis_client, settings.key_prefix, settings.model_log_max),
         store=PredictionStore(redis_client, settings.key_prefix, settings.prediction_ttl_s),
         cache=PredictionCache(redis_client, settings.key_prefix),
         sender=sender,

@@ -29,13 +29,15 @@ def document_models(api, registry, settings) -> None:
     """Write what each model accepts into the OpenAPI document: one submit operation per
     model with its declared input as the body (so /docs has a form per model, and clients
     and the fuzzer see exactly what is valid), and the model names and source shapes a
-    batch job takes. The generic `/models/{name}/predictions` stays for models added later,
-    whose input `GET /models/{name}` describes."""
+    batch job takes, for the models of the repository file. The generic
+    `/models/{name}/predictions` serves models registered at run time too, whose input
+    `GET /models/{name}` describes."""
     spec = api.spec
     generated = spec.to_dict()
     generic = generated["paths"][SUBMIT_PATH]["post"]
     submit = generated["components"]["schemas"]["Submit"]
-    for model in registry.specs():
+    file_names = sorted({spec.name for spec in registry.file_specs})
+    for model in (registry.get(model_name) for model_name in file_names):
         name = _component(model.name)
         spec.components.schema(f"{name}Input", input_json_schema(model))
         spec.components.schema(f"{name}Submit", {
@@ -47,7 +49,7 @@ def document_models(api, registry, settings) -> None:
         spec.path(rule=Rule(SUBMIT_PATH.replace("{name}", model.name)), operations={"post": operation})
 
     batch = spec.components.schemas["BatchJobCreate"]["properties"]
-    batch["model"]["enum"] = registry.names()
+    batch["model"]["enum"] = file_names
     batch["source"]["oneOf"] = [
         {"type": "object", "required": ["type", "path"], "properties": {
             "type": {"type": "string", "enum": ["jsonl", "csv"]},

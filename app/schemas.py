@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from flask_smorest.error_handler import ErrorSchema  # noqa: F401  (code, status, message, errors)
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+
+from models.declaration import ModelDeclarationSchema
 
 
 class SubmitSchema(Schema):
@@ -10,6 +12,8 @@ class SubmitSchema(Schema):
         unknown = RAISE
 
     input = fields.Dict(required=True, metadata={"description": "The model's declared input fields."})
+    version = fields.String(validate=validate.Length(min=1, max=32), metadata={
+        "description": "Pin one of the model's versions; without it, the model's default version serves."})
 
 
 class TimingsSchema(Schema):
@@ -54,6 +58,42 @@ class ModelSchema(Schema):
     metrics = fields.Dict(allow_none=True)
     training_args = fields.Dict(allow_none=True)
     links = fields.Dict()
+    versions = fields.List(fields.String(), metadata={"description": "Every version served; `version` is the default."})
+    source = fields.String(metadata={"enum": ["repository", "runtime"], "description": (
+        "Declared in the operator's model repository file, or registered with POST /models.")})
+    url = fields.String(metadata={"description": "http models: where each batch is POSTed."})
+    loaded = fields.List(fields.Dict(), metadata={"description": (
+        "GET /models/{name} only: the worker processes that have it loaded: worker, pid, version, device, "
+        "since, last_used, memory_mb.")})
+
+
+class ModelRegistrationSchema(ModelDeclarationSchema):
+    """An http model's declaration, as in the model repository file, with `kind: http` and `url`."""
+
+    @validates("kind")
+    def _http_only(self, value, **kwargs):
+        if value != "http":
+            raise ValidationError("Only http models are registered through the API; torch and subprocess models "
+                                  "are declared in the operator's model repository file.")
+
+
+class RemoveQuerySchema(Schema):
+    version = fields.String(validate=validate.Length(min=1, max=32), metadata={
+        "description": "Remove only this version (default: every version)."})
+
+
+class LogQuerySchema(Schema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
+
+
+class ModelLogSchema(Schema):
+    prediction_id = fields.String(allow_none=True, metadata={"description": "None for answers from the cache."})
+    request_id = fields.String(allow_none=True)
+    time = fields.Float(metadata={"description": "When the request came, in seconds since the epoch."})
+    version = fields.String()
+    status = fields.String(metadata={"enum": ["succeeded", "failed", "canceled"]})
+    cache_hit = fields.Boolean()
+    durations_ms = fields.Dict(metadata={"description": "queue_ms, run_ms and total_ms, as far as known."})
 
 
 class HealthSchema(Schema):

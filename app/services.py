@@ -10,7 +10,9 @@ from app.keys import KeyStore
 from batch_jobs.sources import PopularityCounter
 from models.cache import PredictionCache
 from models.registry import Registry
+from models.runtime import RuntimeModels
 from tasks.records import PredictionStore
+from tasks.request_log import RequestLog
 from tasks.senders import TaskSender
 from tasks.settings import Settings
 
@@ -25,6 +27,8 @@ class Services:
     sender: TaskSender
     popularity: PopularityCounter
     keys: KeyStore
+    runtime: RuntimeModels
+    request_log: RequestLog
     # Bounds the API threads that `Prefer: wait` may hold, so probes and submits still get one.
     waiters: threading.BoundedSemaphore
     # Bounds the API threads that event streams may hold, for the same reason.

@@ -76,6 +76,15 @@ class Model:
     def setup(self, device: str) -> None:
         """Load weights onto `device` ("cpu", "cuda:0", ...)."""
 
+    def memory_bytes(self) -> int | None:
+        """What the loaded model occupies, if it knows; else the pool measures the process's
+        growth while `setup` ran."""
+        return None
+
+    def close(self) -> None:
+        """Let go of what `setup` took (connections, child processes); the pool calls it
+        when it unloads the model. Memory is freed once the model is no longer referenced."""
+
     def predict(self, batch: list[dict]) -> list[dict]:
         raise NotImplementedError(
             f"{type(self).__name__}.predict is missing. "

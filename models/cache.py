@@ -43,3 +43,17 @@ class PredictionCache:
         if ttl_s <= 0:
             return
         (pipe or self.redis).set(key, encoded_output, ex=ttl_s)
+
+    def drop(self, model: str, version: str) -> int:
+        """Remove every cached output of a model version (it was removed: a model registered
+        again under the same name and version must not answer with the old one's outputs)."""
+        dropped = 0
+        batch = []
+        for key in self.redis.scan_iter(match=f"{self.prefix}cache:{model}:{version}:*", count=1000):
+            batch.append(key)
+            if len(batch) == 1000:
+                dropped += self.redis.unlink(*batch)
+                batch = []
+        if batch:
+            dropped += self.redis.unlink(*batch)
+        return dropped

@@ -14,7 +14,9 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 FIELD_TYPES = ("string", "integer", "number", "boolean", "array", "image")
 ITEM_TYPES = ("string", "integer", "number")
-MODEL_KINDS = ("torch",)
+# torch: a Python class run in the worker; http: a remote model server that Ferry forwards
+# each batch to; subprocess: a long-lived child of the worker speaking JSON lines.
+MODEL_KINDS = ("torch", "http", "subprocess")
 # Inputs are bounded even when the declaration forgets to bound them.
 DEFAULT_MAX_LENGTH = 10_000
 DEFAULT_MAX_IMAGE_LENGTH = 1_500_000
@@ -39,8 +41,12 @@ class ModelSpec:
     name: str
     kind: str
     version: str
-    entrypoint: str
     inputs: tuple[FieldSpec, ...]
+    entrypoint: str = ""  # torch: module:Class
+    url: str = ""  # http: where each batch is POSTed
+    command: tuple[str, ...] = ()  # subprocess: argv, relative paths from the repository root
+    # Of several versions of one model, the one a request without `version` gets.
+    default: bool = False
     one_of: tuple[tuple[str, ...], ...] = ()
     description: str = ""
     queue: str = "realtime-cpu"
@@ -107,11 +113,14 @@ class _RetriesDecl(Schema):
     backoff_max_s = fields.Float(load_default=30.0, validate=validate.Range(min=0.0, max=120.0))
 
 
-class _ModelDecl(Schema):
+class ModelDeclarationSchema(Schema):
     name = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9][a-z0-9_-]{0,63}$"))
     kind = fields.String(required=True, validate=validate.OneOf(MODEL_KINDS))
     version = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9._-]{1,32}$"))
-    entrypoint = fields.String(required=True, validate=validate.Regexp(r"^[\w.]+:\w+$"))
+    entrypoint = fields.String(load_default="", validate=validate.Regexp(r"^[\w.]+:\w+$"))
+    url = fields.Url(load_default="", schemes={"http", "https"}, require_tld=False)
+    command = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
+    default = fields.Boolean(load_default=False)
     description = fields.String(load_default="")
     queue = fields.String(load_default="realtime-cpu")
     cache_ttl_s = fields.Integer(load_default=7 * 24 * 3600, validate=validate.Range(min=0))
@@ -130,6 +139,13 @@ class _ModelDecl(Schema):
 
     @validates_schema
     def _check(self, data, **kwargs):
+        needs = {"torch": "entrypoint", "http": "url", "subprocess": "command"}
+        kind = data.get("kind")
+        for field_name in needs.values():
+            if kind in needs and data.get(field_name) and field_name != needs[kind]:
+                raise ValidationError(f"A {kind} model has no {field_name}.", field_name)
+        if kind in needs and not data.get(needs[kind]):
+            raise ValidationError(f"A {kind} model needs {needs[kind]}.", needs[kind])
         hard = data.get("hard_timeout_s")
         if hard is not None and hard <= data.get("timeout_s", 60.0):
             raise ValidationError("hard_timeout_s must be longer than timeout_s (the soft limit).", "hard_timeout_s")
@@ -140,7 +156,7 @@ class _ModelDecl(Schema):
 
 
 class _RepositoryDecl(Schema):
-    models = fields.List(fields.Nested(_ModelDecl), required=True)
+    models = fields.List(fields.Nested(ModelDeclarationSchema), required=True)
 
 
 def _field_spec(name: str, decl: dict) -> FieldSpec:
@@ -166,12 +182,35 @@ def parse_repository(document: dict, source: str = "model repository") -> list[M
                     retry_backoff_max_s=retries["backoff_max_s"])
         inputs = tuple(_field_spec(name, dict(field)) for name, field in decl.pop("inputs").items())
         one_of = tuple(tuple(group) for group in decl.pop("one_of"))
-        specs.append(ModelSpec(inputs=inputs, one_of=one_of, **batching, **decl))
-    names = [spec.name for spec in specs]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"{source} declares these models twice: {duplicates}")
+        command = tuple(decl.pop("command"))
+        specs.append(ModelSpec(inputs=inputs, one_of=one_of, command=command, **batching, **decl))
+    check_versions(specs, source)
     return specs
+
+
+def check_versions(specs: list[ModelSpec], source: str) -> None:
+    """Each (name, version) once; a model with several versions marks exactly one `default`."""
+    by_name: dict[str, list[ModelSpec]] = {}
+    for spec in specs:
+        by_name.setdefault(spec.name, []).append(spec)
+    for name, versions in by_name.items():
+        numbers = [spec.version for spec in versions]
+        twice = sorted({number for number in numbers if numbers.count(number) > 1})
+        if twice:
+            raise ValueError(f"{source} declares model {name!r} version {', '.join(twice)} twice.")
+        defaults = [spec.version for spec in versions if spec.default]
+        if len(versions) > 1 and len(defaults) != 1:
+            raise ValueError(f"{source} declares {len(versions)} versions of model {name!r} and "
+                             f"{len(defaults) or 'none'} marked `default: true`; mark exactly one.")
+
+
+def default_versions(specs: list[ModelSpec]) -> dict[str, str]:
+    """The version each model name serves when a request does not pin one."""
+    chosen: dict[str, str] = {}
+    for spec in specs:
+        if spec.default or spec.name not in chosen:
+            chosen[spec.name] = spec.version
+    return chosen
 
 
 def load_repository(path: str | Path) -> list[ModelSpec]:

@@ -9,9 +9,11 @@ from celery import current_app
 
 from models.cache import PredictionCache
 from models.registry import Registry
+from models.runtime import RuntimeModels
 from tasks.leases import LeaseKeeper
 from tasks.pool import ModelPool
 from tasks.records import PredictionStore
+from tasks.request_log import RequestLog
 from tasks.senders import CelerySender, TaskSender
 from tasks.settings import Settings
 
@@ -26,6 +28,12 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
 
 
+def build_registry(settings: Settings, redis_conn) -> Registry:
+    """The repository file's models, and those registered at run time in this Redis."""
+    runtime = RuntimeModels(redis_conn, settings.key_prefix, settings.runtime_models_max)
+    return Registry.from_file(settings.model_repository, runtime=runtime, refresh_s=settings.registry_refresh_s)
+
+
 @dataclasses.dataclass
 class WorkerContext:
     settings: Settings
@@ -37,21 +45,26 @@ class WorkerContext:
     leases: LeaseKeeper
     # Re-queues predictions that failed transiently.
     sender: TaskSender
+    request_log: RequestLog
 
     @classmethod
     def build(cls, settings: Settings, redis_conn=None, registry: Registry | None = None,
               sender: TaskSender | None = None) -> "WorkerContext":
         redis_conn = redis_conn if redis_conn is not None else redis_client(settings)
         store = PredictionStore(redis_conn, settings.key_prefix, settings.prediction_ttl_s)
+        registry = registry or build_registry(settings, redis_conn)
         return cls(
             settings=settings,
             redis=redis_conn,
-            registry=registry or Registry.from_file(settings.model_repository),
+            registry=registry,
             store=store,
             cache=PredictionCache(redis_conn, settings.key_prefix),
-            pool=ModelPool(settings.device),
+            pool=ModelPool(settings.device, max_models=settings.pool_max_models, memory_mb=settings.pool_memory_mb,
+                           idle_s=settings.pool_idle_s, redis=redis_conn, prefix=settings.key_prefix,
+                           report_s=settings.heartbeat_s, serves=registry.serves),
             leases=LeaseKeeper(store, settings.claim_lease_s),
             sender=sender or CelerySender(current_app),
+            request_log=RequestLog(redis_conn, settings.key_prefix, settings.model_log_max),
         )
 
 

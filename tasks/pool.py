@@ -1,46 +1,96 @@
-"""The worker-side model pool: each process loads a model on first use and keeps it, and
-runs its forward passes in the right context (inference mode, optional half precision)."""
+"""The worker-side model pool: each process loads a model on first use, keeps the ones in
+use and lets the others go, and runs forward passes in the right context (inference
+mode, optional half precision).
+
+Past `FERRY_POOL_MAX_MODELS` loaded models, or past `FERRY_POOL_MEMORY_MB` of them, the
+least recently used ones are closed; so is any model idle for `FERRY_POOL_IDLE_S`. Each
+process says what it holds in `{prefix}loaded:{model}` (a hash: "{worker}:{version}" ->
+JSON with the device, since when, the memory and when it last ran), refreshed every
+`heartbeat_s`, so that `GET /models/{name}` can tell where a model is loaded.
+"""
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
+import gc
+import json
 import logging
+import os
 import threading
 import time
 
 from models.base import predict_isolated
 from models.declaration import ModelSpec
 from models.registry import instantiate
+from tasks.leases import worker_name
 
 log = logging.getLogger(__name__)
 
 
+def loaded_key(prefix: str, model: str) -> str:
+    return f"{prefix}loaded:{model}"
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+@dataclasses.dataclass
+class Loaded:
+    spec: ModelSpec
+    model: object
+    since: float
+    last_used: float
+    memory_bytes: int | None
+    device: str
+
+
 class ModelPool:
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", *, max_models: int = 0, memory_mb: float = 0, idle_s: float = 0,
+                 redis=None, prefix: str = "ferry:", report_s: float = 5.0, serves=None):
         self.requested_device = device
         self._device: str | None = None
-        self._models: dict[tuple[str, str], object] = {}
-        self._lock = threading.Lock()
+        self.max_models, self.memory_mb, self.idle_s = max_models, memory_mb, idle_s
+        self.redis, self.prefix, self.report_s = redis, prefix, report_s
+        # Whether a loaded model's declaration is still served (runtime models come and go).
+        self.serves = serves or (lambda spec: True)
+        self._models: collections.OrderedDict[tuple[str, str], Loaded] = collections.OrderedDict()
+        self._lock = threading.RLock()
+        self._reporter: threading.Thread | None = None
+        self._reporter_pid: int | None = None
 
     @property
     def device(self) -> str:
         """The device models load onto, resolved on first use: torch (and CUDA) is touched
         only in the process that runs the models, never in a parent that forks."""
         if self._device is None:
-            from models.torch_runtime import resolve_device
+            if self.requested_device == "cpu":
+                self._device = "cpu"  # http and subprocess models never need torch
+            else:
+                from models.torch_runtime import resolve_device
 
-            self._device = resolve_device(self.requested_device)
+                self._device = resolve_device(self.requested_device)
         return self._device
 
     def get(self, spec: ModelSpec):
         key = (spec.name, spec.version)
-        model = self._models.get(key)
-        if model is None:
-            with self._lock:
-                model = self._models.get(key)
-                if model is None:
-                    model = self._load(spec)
-                    self._models[key] = model
-        return model
+        with self._lock:
+            entry = self._models.get(key)
+            if entry is not None and entry.spec != spec:  # re-registered with another declaration
+                self._evict(key, "its declaration changed")
+                entry = None
+            if entry is None:
+                entry = self._load(spec)
+                self._models[key] = entry
+                self._shrink(keep=key)
+            entry.last_used = time.time()
+            self._models.move_to_end(key)
+        return entry.model
 
     def predict(self, spec: ModelSpec, inputs: list[dict], fatal: tuple = (),
                 progress=None) -> list[tuple[str | None, str | None]]:
@@ -56,13 +106,128 @@ class ModelPool:
 
         return inference_context(self.device, spec.half_precision)
 
-    def _load(self, spec: ModelSpec):
+    def _load(self, spec: ModelSpec) -> Loaded:
         started = time.perf_counter()
+        before = _rss_bytes()
         model = instantiate(spec)
-        device = self.device
+        device = self.device if spec.kind == "torch" else "cpu"
         model.setup(device)
-        log.info("loaded model %s:%s on %s in %.1fs", spec.name, spec.version, device, time.perf_counter() - started)
-        return model
+        own = model.memory_bytes()
+        memory = own if own is not None else max(0, _rss_bytes() - before)
+        now = time.time()
+        log.info("loaded model %s:%s on %s in %.1fs (%.0f MB)", spec.name, spec.version, device,
+                 time.perf_counter() - started, memory / 2**20)
+        entry = Loaded(spec, model, since=now, last_used=now, memory_bytes=memory, device=device)
+        self._start_reporting()
+        self._report(entry)
+        return entry
+
+    def _shrink(self, keep: tuple[str, str] | None = None) -> None:
+        """Close least recently used models until the pool is within its count and memory."""
+        while len(self._models) > 1:
+            over_count = self.max_models and len(self._models) > self.max_models
+            used_mb = sum(entry.memory_bytes or 0 for entry in self._models.values()) / 2**20
+            over_memory = self.memory_mb and used_mb > self.memory_mb
+            if not (over_count or over_memory):
+                return
+            oldest = next(iter(self._models))
+            if oldest == keep:
+                return
+            self._evict(oldest, f"over FERRY_POOL_MAX_MODELS={self.max_models}" if over_count
+                        else f"over FERRY_POOL_MEMORY_MB={self.memory_mb:g} ({used_mb:.0f} MB loaded)")
+
+    def evict_idle(self, now: float | None = None) -> list[tuple[str, str]]:
+        if not self.idle_s:
+            return []
+        now = now or time.time()
+        with self._lock:
+            idle = [key for key, entry in self._models.items() if now - entry.last_used >= self.idle_s]
+            for key in idle:
+                self._evict(key, f"idle for {self.idle_s:g} s")
+        return idle
+
+    def evict(self, name: str, version: str | None = None) -> None:
+        with self._lock:
+            for key in [key for key in self._models if key[0] == name and version in (None, key[1])]:
+                self._evict(key, "removed")
+
+    def _evict(self, key: tuple[str, str], why: str) -> None:
+        entry = self._models.pop(key)
+        try:
+            entry.model.close()
+        except Exception as exc:
+            log.warning("model %s:%s did not close cleanly: %s", *key, exc)
+        del entry
+        gc.collect()
+        if self._device and self._device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+        log.info("unloaded model %s:%s (%s)", *key, why)
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                self.redis.hdel(loaded_key(self.prefix, key[0]), f"{worker_name()}:{key[1]}")
 
     def loaded(self) -> list[tuple[str, str]]:
         return list(self._models)
+
+    def _report(self, entry: Loaded, pipe=None) -> None:
+        if self.redis is None:
+            return
+        spec = entry.spec
+        where = {"worker": worker_name(), "pid": os.getpid(), "version": spec.version, "device": entry.device,
+                 "since": entry.since, "last_used": entry.last_used, "seen": time.time(),
+                 "memory_mb": None if entry.memory_bytes is None else round(entry.memory_bytes / 2**20, 1)}
+        (pipe or self.redis).hset(loaded_key(self.prefix, spec.name), f"{worker_name()}:{spec.version}",
+                                  json.dumps(where))
+
+    def report_all(self) -> None:
+        """Refresh this process's entries (they go stale when it dies), and let idle and
+        removed models go."""
+        self.evict_idle()
+        with self._lock:
+            for key in [key for key, entry in self._models.items() if not self.serves(entry.spec)]:
+                self._evict(key, "no longer served")
+            entries = list(self._models.values())
+        if entries and self.redis is not None:
+            pipe = self.redis.pipeline(transaction=False)
+            for entry in entries:
+                self._report(entry, pipe)
+            pipe.execute()
+
+    def _start_reporting(self) -> None:
+        if self.redis is None or self._reporter_pid == os.getpid():
+            return
+        self._reporter_pid = os.getpid()
+
+        def report_forever() -> None:
+            while True:
+                time.sleep(self.report_s)
+                try:
+                    self.report_all()
+                except Exception as exc:  # Redis restarting: the next round tries again
+                    log.warning("could not report the loaded models: %s", exc)
+
+        self._reporter = threading.Thread(target=report_forever, name="ferry-pool", daemon=True)
+        self._reporter.start()
+
+    def close(self) -> None:
+        with self._lock:
+            for key in list(self._models):
+                self._evict(key, "the worker stops")
+
+
+def where_loaded(redis, prefix: str, model: str, max_age_s: float) -> list[dict]:
+    """The worker processes holding `model` now, as they last reported; stale entries (a
+    process that died) are dropped."""
+    key = loaded_key(prefix, model)
+    now, found, stale = time.time(), [], []
+    for field, raw in redis.hgetall(key).items():
+        entry = json.loads(raw)
+        if now - entry["seen"] > max_age_s:
+            stale.append(field)
+        else:
+            found.append(entry)
+    if stale:
+        redis.hdel(key, *stale)
+    return sorted(found, key=lambda entry: (entry["version"], entry["worker"]))

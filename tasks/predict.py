@@ -49,9 +49,11 @@ def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
     if float(record.get("retry_at") or 0) > time.time() + _CLOCK_SLACK_S:
         return "waiting to retry"  # its retry message, sent with a countdown, runs it
     try:
-        spec = ctx.registry.get(record["model"])
+        spec = ctx.registry.get(record["model"], record["version"])
     except UnknownModel:
-        return _fail(ctx, prediction_id, f"Model {record['model']!r} is not served any more.", record["model"])
+        return _fail(ctx, prediction_id, f"Model {record['model']!r} version {record['version']!r} is not served "
+                                         "any more.", record["model"],
+                     record)
     won, status, taken = ctx.store.take(worker_name(), ctx.settings.claim_lease_s, spec.name, spec.version,
                                         spec.max_batch_size - 1, own_id=prediction_id)
     if not won:
@@ -152,6 +154,8 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
             ctx.store.update(record["id"], records.FAILED, pipe=pipe, record=record, error=error, finished_at=finished)
             statuses[record["id"]] = records.FAILED
             log.warning("prediction of %s failed: %s", spec.name, error, extra=tags)
+    for record in batch:
+        ctx.request_log.finished(pipe, record, statuses[record["id"]], float(finished), float(started))
     succeeded = sum(status == records.SUCCEEDED for status in statuses.values())
     observed.count(metrics.COMPLETED, spec.name, succeeded)
     observed.count(metrics.FAILED, spec.name, sum(status == records.FAILED for status in statuses.values()))
@@ -175,6 +179,7 @@ def _retry_or_fail(ctx: WorkerContext, spec: ModelSpec, batch: list[dict], error
                              error=f"{error} (gave up after {done} retries)")
             statuses[record["id"]] = records.FAILED
             observed.count(metrics.FAILED, spec.name)
+            ctx.request_log.finished(pipe, record, records.FAILED, now)
             continue
         delay = min(spec.retry_backoff_max_s, spec.retry_backoff_s * 2 ** done)
         delay = random.uniform(delay / 2, delay)
@@ -193,9 +198,12 @@ def _retry_or_fail(ctx: WorkerContext, spec: ModelSpec, batch: list[dict], error
     return statuses
 
 
-def _fail(ctx: WorkerContext, prediction_id: str, message: str, model: str) -> str:
+def _fail(ctx: WorkerContext, prediction_id: str, message: str, model: str, record: dict | None = None) -> str:
     pipe = ctx.redis.pipeline(transaction=False)
-    ctx.store.update(prediction_id, records.FAILED, pipe=pipe, error=message, finished_at=repr(time.time()))
+    now = time.time()
+    ctx.store.update(prediction_id, records.FAILED, pipe=pipe, error=message, finished_at=repr(now))
+    if record is not None:
+        ctx.request_log.finished(pipe, record, records.FAILED, now)
     observed = metrics.Observations(ctx.settings.key_prefix)
     observed.count(metrics.FAILED, model)
     observed.write(pipe)
@@ -224,12 +232,17 @@ def sweep(ctx: WorkerContext, send) -> list[str]:
             ctx.store.release([prediction_id])
         elif int(record.get("attempts", 0)) - int(record.get("retries", 0)) >= MAX_ATTEMPTS:  # runs with no outcome
             _fail(ctx, prediction_id, f"The worker stopped while running this prediction, {MAX_ATTEMPTS} times.",
-                  record["model"])
+                  record["model"], record)
         else:
             # Back in the pending list before the message goes: if the message is lost, the
             # check for stale pending predictions above finds it next time.
+            try:
+                spec = ctx.registry.get(record["model"], record["version"])
+            except UnknownModel:
+                _fail(ctx, prediction_id, f"Model {record['model']!r} version {record['version']!r} is not served "
+                                          "any more.", record["model"], record)
+                continue
             ctx.store.requeue(prediction_id, record["model"], record["version"])
-            spec = ctx.registry.get(record["model"])
             send(prediction_id, spec)
             resent.append(prediction_id)
     return resent
@@ -277,4 +290,4 @@ def _hard_time_limit(sender=None, task_id=None, exception=None, args=None, **kwa
         ctx = current()
         record = ctx.store.get(args[0])
         if record is not None and record["status"] not in records.TERMINAL:
-            _fail(ctx, args[0], f"Timed out: stopped after {exception.args[0]:g} s.", record["model"])
+            _fail(ctx, args[0], f"Timed out: stopped after {exception.args[0]:g} s.", record["model"], record)

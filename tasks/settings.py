@@ -88,6 +88,20 @@ class Settings:
     popular_max: int = 10_000
     # Inputs longer than this (canonical JSON) are not counted: images would bloat the set.
     popular_max_input_bytes: int = 4096
+    # Runtime models (POST /models): the hosts their URLs may name, comma-separated `host` or
+    # `host:port`, matched exactly; empty: registration is off.
+    http_model_hosts: str = ""
+    runtime_models_max: int = 100
+    # How often a process looks for models registered or removed elsewhere (it always looks
+    # at once when asked for a model it does not know).
+    registry_refresh_s: float = 1.0
+    # Each worker process's model pool: how many models it keeps loaded, how much memory they
+    # may take (0: no limit) and how long an unused one stays (0: for ever).
+    pool_max_models: int = 8
+    pool_memory_mb: float = 0.0
+    pool_idle_s: float = 3600.0
+    # Recent requests kept per model for GET /models/{name}/logs.
+    model_log_max: int = 200
 
     @property
     def api_metrics_dir(self) -> Path:

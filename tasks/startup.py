@@ -3,18 +3,28 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shutil
 import sys
 
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_shutdown
+
+from models.remote import resolve_command
 
 log = logging.getLogger(__name__)
 
 
 def missing_entrypoints(registry) -> list[str]:
-    """Declared models whose module cannot be found (found without importing it, so
+    """Declared models whose module or program cannot be found (found without importing it, so
     neither torch nor CUDA is touched before the pool forks)."""
     missing = []
     for spec in registry.specs():
+        if spec.kind == "subprocess":
+            program = resolve_command(spec.command, registry.root)[0]
+            if shutil.which(program) is None:
+                missing.append(f"{spec.name} (program {spec.command[0]!r} not found)")
+            continue
+        if spec.kind != "torch":
+            continue
         module = spec.entrypoint.partition(":")[0]
         try:
             found = importlib.util.find_spec(module) is not None
@@ -61,3 +71,11 @@ def refuse_cuda_before_fork(modules=sys.modules) -> None:
 @worker_init.connect
 def _check_cuda(**kwargs) -> None:
     refuse_cuda_before_fork()
+
+
+@worker_process_shutdown.connect
+def _close_models(**kwargs) -> None:
+    """Subprocess models are children of the pool process: stop them with it."""
+    from tasks.context import current
+
+    current().pool.close()

@@ -117,3 +117,24 @@ class Patient(Model):
             self.check_canceled()
             time.sleep(0.02)
         return [{"worked": item["x"]} for item in batch]
+
+
+class Weighty(Model):
+    """Says which process runs it and claims `megabytes` of memory, for the pool's budget."""
+
+    megabytes = 100
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        import os
+
+        return [{"pid": os.getpid(), "x": item["x"]} for item in batch]
+
+    def memory_bytes(self) -> int:
+        return self.megabytes * 2**20
+
+    def close(self) -> None:
+        CLOSED.append(self.name)
+
+
+# Names of the Weighty models the pool closed, in order (unit tests read it).
+CLOSED: list[str] = []

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import re
+import time
 from datetime import datetime, timezone
 
 import orjson
@@ -97,9 +98,9 @@ def cache_hits_first(view):
 
     @functools.wraps(view)
     def wrapper(*args, name: str, **kwargs):
-        spec = spec_or_404(name)
-        validated = _glance(spec)
-        if validated is not None:
+        glanced = _glance(name)
+        if glanced is not None:
+            spec, validated = glanced
             cache_key = services().cache.key(spec.name, spec.version, validated)
             raw = lookup(spec, validated, cache_key)
             if raw is not None:
@@ -110,20 +111,26 @@ def cache_hits_first(view):
     return wrapper
 
 
-def _glance(spec) -> dict | None:
-    """The validated input of a plain `{"input": {...}}` JSON body, or None. A request with an
-    `Idempotency-Key` goes to the view, which checks the key before answering from the cache."""
+def _glance(name: str) -> tuple[object, dict] | None:
+    """The model version and validated input of a plain `{"input": {...}}` JSON body (with
+    an optional `"version"`), or None. A request with an `Idempotency-Key` goes to the view,
+    which checks the key before answering from the cache."""
     if not request.is_json or "Idempotency-Key" in request.headers:
         return None
     try:
         body = orjson.loads(request.get_data(cache=True))
     except orjson.JSONDecodeError:
         return None
-    if type(body) is not dict or body.keys() != {"input"} or type(body["input"]) is not dict:
+    if type(body) is not dict or type(body.get("input")) is not dict or not body.keys() <= {"input", "version"}:
         return None
+    version = body.get("version")
+    if version is not None and type(version) is not str:
+        return None
+    registry = services().registry
     try:
-        return services().registry.input_schema(spec.name).load(body["input"])
-    except ValidationError:
+        spec = registry.get(name, version)
+        return spec, registry.input_schema(spec.name, spec.version).load(body["input"])
+    except (UnknownModel, ValidationError):
         return None
 
 
@@ -144,6 +151,10 @@ def lookup(spec, validated: dict, cache_key: str) -> str | None:
 def cache_hit(spec, raw: str) -> Response:
     """The 200 of a cache hit: the cached output is JSON already, spliced into the body, never parsed."""
     metrics.CACHE_HITS.labels(spec.name).inc()
+    started = g.get("metrics_started")
+    services().request_log.later(spec.name, version=spec.version, status=records.SUCCEEDED, cache_hit=True,
+                                 request_id=request_ids.current(),
+                                 total_ms=None if started is None else (time.perf_counter() - started) * 1000)
     return Response(_hit_prefix(spec.name, spec.version) + raw.encode() + b"}", 200, mimetype="application/json")
 
 
@@ -193,7 +204,7 @@ class Submissions(MethodView):
     def post(self, body: dict, name: str):
         """Submit a prediction. A cached input answers 200 at once; otherwise 202 and a Location to poll."""
         ferry = services()
-        spec = spec_or_404(name)
+        spec = spec_or_404(name, body.get("version"))
         owner = current_key().id
         key = idempotency_key()
         missed = g.get("ferry_missed")
@@ -201,7 +212,7 @@ class Submissions(MethodView):
             validated, cache_key = missed
         else:
             try:
-                validated = ferry.registry.input_schema(name).load(body["input"])
+                validated = ferry.registry.input_schema(spec.name, spec.version).load(body["input"])
             except ValidationError as exc:
                 abort(422, message=f"The input does not match model {name!r}.",
                       errors={"json": {"input": exc.messages}})
@@ -322,7 +333,7 @@ class PredictionById(MethodView):
         ferry = services()
         record = owned_prediction(prediction_id)
         try:
-            cancelable = ferry.registry.get(record["model"]).cancelable
+            cancelable = ferry.registry.get(record["model"], record["version"]).cancelable
         except UnknownModel:
             cancelable = False
         outcome = ferry.store.cancel(record, cancelable)

@@ -18,7 +18,7 @@ PIXELS = [0.0] * 64
 
 def test_models_are_listed_with_schema_and_metrics(client):
     models = client.get("/models").json
-    assert [m["name"] for m in models] == ["digits", "minilm", "pi"]
+    assert [m["name"] for m in models] == ["digits", "minilm", "pi", "textstats"]
     digits = client.get("/models/digits").json
     assert digits["version"] == "1.0.0"
     assert digits["metrics"]["test_accuracy"] >= 0.95 and digits["metrics"]["test_macro_f1"] >= 0.95

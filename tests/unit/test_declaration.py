@@ -6,7 +6,7 @@ from marshmallow import ValidationError
 from PIL import Image
 
 from models.declaration import parse_repository
-from models.registry import Registry
+from models.registry import Registry, UnknownVersion
 from models.schemas import build_input_schema, input_json_schema
 from tasks.settings import Settings
 
@@ -15,7 +15,7 @@ def _model(**overrides):
     model = {"name": "m", "kind": "torch", "version": "1", "entrypoint": "pkg.mod:Cls",
              "inputs": {"x": {"type": "number", "min": 0, "max": 1, "required": True}}}
     model.update(overrides)
-    return {"models": [model]}
+    return {"models": [{key: value for key, value in model.items() if value is not None}]}
 
 
 def _png(size=(16, 16)) -> str:
@@ -30,7 +30,7 @@ def registry():
 
 
 def test_shipped_repository_declares_the_builtin_models(registry):
-    assert registry.names() == ["digits", "minilm", "pi"]
+    assert registry.names() == ["digits", "minilm", "pi", "textstats"]
     assert registry.get("minilm").max_batch_size == 32
     assert registry.queues == {"realtime-cpu"}
 
@@ -168,3 +168,28 @@ def test_time_limits_and_retries_have_defaults_and_are_checked():
     assert spec.hard_timeout_s == 120 and spec.max_retries == 0
     with pytest.raises(ValueError, match="hard_timeout_s must be longer"):
         parse_repository({"models": [declaration("m", "Echo", timeout_s=10, hard_timeout_s=5)]})
+
+
+@pytest.mark.parametrize("broken, complaint", [
+    ({"kind": "http", "entrypoint": None}, "A http model needs url"),
+    ({"kind": "http", "url": "ftp://models.example/predict", "entrypoint": None}, "url"),
+    ({"kind": "subprocess", "entrypoint": None}, "A subprocess model needs command"),
+    ({"kind": "subprocess", "command": ["python", "x.py"]}, "A subprocess model has no entrypoint"),
+    ({"kind": "torch", "url": "http://models.example/predict"}, "A torch model has no url"),
+])
+def test_each_kind_declares_its_own_fields(broken, complaint):
+    with pytest.raises(ValueError, match=complaint):
+        parse_repository(_model(**broken))
+
+
+def test_a_model_with_several_versions_marks_one_default():
+    first = _model(version="1")["models"][0]
+    second = {**first, "version": "2"}
+    with pytest.raises(ValueError, match="2 versions of model .* none marked `default: true`"):
+        parse_repository({"models": [first, second]})
+    registry = Registry(parse_repository({"models": [first, {**second, "default": True}]}))
+    assert registry.get(first["name"]).version == "2"
+    assert registry.get(first["name"], "1").version == "1"
+    assert [spec.version for spec in registry.versions(first["name"])] == ["1", "2"]
+    with pytest.raises(UnknownVersion):
+        registry.get(first["name"], "3")

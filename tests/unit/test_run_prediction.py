@@ -74,7 +74,7 @@ def test_expired_record_is_skipped(ctx):
 def test_model_removed_from_repository_fails_clearly(ctx, fake_redis):
     record = ctx.store.create(model="gone", version="1", queue="q", validated_input={"x": 1}, cache_key="k")
     run_prediction(record["id"], ctx)
-    assert ctx.store.get(record["id"])["error"] == "Model 'gone' is not served any more."
+    assert ctx.store.get(record["id"])["error"] == "Model 'gone' version '1' is not served any more."
 
 
 def test_status_changes_are_published(ctx, fake_redis):

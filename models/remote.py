@@ -1,0 +1,176 @@
+"""Models that run outside the worker: on a remote model server (`http`) or in a child
+process (`subprocess`). Both speak the same JSON to it:
+
+    request   {"model": name, "version": version, "inputs": [input, ...]}
+    answer    {"outputs": [output, ...]}         one output (a JSON object) per input
+              {"error": "what went wrong"}       the whole batch failed
+
+A failed batch is retried input by input by the worker, as for any model, so one bad
+input fails alone.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+
+from models.base import Model, TransientError
+
+log = logging.getLogger(__name__)
+# Answers that say "try again later": the prediction is retried with the model's backoff.
+_RETRY_LATER = {408, 425, 429, 500, 502, 503, 504}
+# Connection attempts per request before the error counts (then as transient).
+_CONNECT_RETRIES = 2
+
+
+def _outputs(answer, source: str, count: int) -> list[dict]:
+    if not isinstance(answer, dict):
+        raise RuntimeError(f"{source} answered {type(answer).__name__}, not a JSON object with `outputs`.")
+    if "error" in answer:
+        raise RuntimeError(f"{source} failed: {str(answer['error'])[:300]}")
+    outputs = answer.get("outputs")
+    if not isinstance(outputs, list) or len(outputs) != count:
+        got = len(outputs) if isinstance(outputs, list) else "no list of"
+        raise RuntimeError(f"{source} answered {got} outputs for {count} inputs.")
+    return outputs
+
+
+class HttpModel(Model):
+    """Forwards each batch to a model server as one POST."""
+
+    def __init__(self, url: str, timeout_s: float):
+        self.url = url
+        self.timeout_s = timeout_s
+        self.client: httpx.Client | None = None
+
+    def setup(self, device: str) -> None:
+        # Redirects are not followed: the operator allowed this URL's host, not wherever it points.
+        self.client = httpx.Client(timeout=httpx.Timeout(self.timeout_s, connect=min(5.0, self.timeout_s)),
+                                   transport=httpx.HTTPTransport(retries=_CONNECT_RETRIES),
+                                   follow_redirects=False)
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        try:
+            response = self.client.post(self.url, json={"model": self.name, "version": self.version, "inputs": batch})
+        except httpx.TimeoutException:
+            raise TransientError(f"{self.url} did not answer within {self.timeout_s:g} s.") from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"{self.url} is unreachable ({type(exc).__name__}: {exc}).") from None
+        if response.status_code in _RETRY_LATER:
+            raise TransientError(f"{self.url} answered {response.status_code}: {response.text[:200]}")
+        if response.status_code >= 300:
+            raise RuntimeError(f"{self.url} answered {response.status_code}: {response.text[:300]}")
+        try:
+            answer = response.json()
+        except ValueError:
+            raise RuntimeError(f"{self.url} answered something that is not JSON: {response.text[:100]!r}") from None
+        return _outputs(answer, self.url, len(batch))
+
+    def memory_bytes(self) -> int:
+        return 0  # it lives on another server
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+def resolve_command(command: tuple[str, ...], root: Path) -> list[str]:
+    """`python` is the worker's own interpreter (its virtual environment); an argument
+    naming a file under the repository root becomes that file's absolute path."""
+    argv = []
+    for index, arg in enumerate(command):
+        if index == 0 and arg in ("python", "python3"):
+            argv.append(sys.executable)
+        elif not os.path.isabs(arg) and (root / arg).is_file():
+            argv.append(str(root / arg))
+        else:
+            argv.append(arg)
+    return argv
+
+
+class SubprocessModel(Model):
+    """A long-lived child process that answers one JSON line with one JSON line. If it dies,
+    the batch that was in it fails with the reason, and the next batch starts a new one."""
+
+    def __init__(self, command: tuple[str, ...], root: Path):
+        self.argv = resolve_command(command, root)
+        self.root = root
+        self.device = "cpu"
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def setup(self, device: str) -> None:
+        self.device = device
+        self._start()
+
+    def _start(self) -> None:
+        env = {**os.environ, "FERRY_DEVICE": self.device, "PYTHONUNBUFFERED": "1"}
+        # No shell: the command is the operator's argv from the repository file, never the API's.
+        self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, bufsize=1, cwd=self.root, env=env)
+        self.starts += 1
+        threading.Thread(target=self._forward_stderr, args=(self.process,), daemon=True,
+                         name=f"ferry-{self.name}-stderr").start()
+        log.info("model %s: started %s (pid %d)", self.name, " ".join(self.argv), self.process.pid)
+
+    def _forward_stderr(self, process: subprocess.Popen) -> None:
+        for line in process.stderr:
+            log.warning("model %s (pid %d): %s", self.name, process.pid, line.rstrip())
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        if self.process is None or self.process.poll() is not None:
+            self._start()
+        process = self.process
+        try:
+            process.stdin.write(json.dumps({"model": self.name, "version": self.version, "inputs": batch}) + "\n")
+            process.stdin.flush()
+            reply = process.stdout.readline()
+        except BrokenPipeError:
+            reply = ""
+        except BaseException:
+            # A time limit or a cancel mid-answer: what it writes next would answer the wrong batch.
+            self._stop(process)
+            raise
+        if not reply:
+            code = process.wait(timeout=5)
+            self.process = None
+            raise RuntimeError(f"The model's process exited (code {code}) while running this input; "
+                               "a new one is started for the next.")
+        try:
+            answer = json.loads(reply)
+        except ValueError:
+            self._stop(process)
+            raise RuntimeError(f"The model's process wrote a line that is not JSON: {reply[:100]!r}") from None
+        return _outputs(answer, "The model's process", len(batch))
+
+    def memory_bytes(self) -> int | None:
+        """The child's resident memory (Linux)."""
+        try:
+            with open(f"/proc/{self.process.pid}/statm") as handle:
+                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, AttributeError, ValueError):
+            return None
+
+    def _stop(self, process: subprocess.Popen) -> None:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+        if self.process is process:
+            self.process = None
+
+    def close(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        try:
+            process.stdin.close()  # end of input: a well-behaved model exits
+            process.wait(timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self._stop(process)

@@ -1,0 +1,128 @@
+"""http and subprocess models against a real HTTP server and a real child process."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from flask import Flask, jsonify, request
+from werkzeug.serving import make_server
+
+from models.base import TransientError, predict_isolated
+from models.remote import HttpModel, SubprocessModel, resolve_command
+from models.registry import ROOT
+
+CHILD = ("python", "tests/subprocess_model.py")
+
+
+@pytest.fixture
+def child():
+    model = SubprocessModel(CHILD, ROOT)
+    model.name, model.version = "child", "1"
+    model.setup("cpu")
+    yield model
+    model.close()
+
+
+def test_the_command_runs_on_the_workers_python_from_the_repository_root():
+    argv = resolve_command(CHILD, ROOT)
+    assert Path(argv[0]).name.startswith("python") and argv[1] == str(ROOT / "tests/subprocess_model.py")
+    assert resolve_command(("cat", "-n"), ROOT) == ["cat", "-n"]
+
+
+def test_a_subprocess_model_answers_a_batch_from_one_long_lived_process(child):
+    first = child.predict([{"x": 1}, {"x": 2}])
+    second = child.predict([{"x": 3}])
+    assert [out["double"] for out in first + second] == [2, 4, 6]
+    assert len({out["pid"] for out in first + second}) == 1 and child.starts == 1
+
+
+def test_when_the_process_dies_the_input_in_it_fails_clearly_and_the_next_gets_a_new_one(child):
+    before = child.predict([{"x": 1}])[0]["pid"]
+    outcomes = predict_isolated(child, [{"x": 5}, {"x": -1}])
+    assert outcomes[0][1] is None and '"double":10' in outcomes[0][0]
+    assert outcomes[1][0] is None
+    assert outcomes[1][1] == ("RuntimeError: The model's process exited (code 3) while running this input; "
+                              "a new one is started for the next.")
+    after = child.predict([{"x": 1}])[0]["pid"]
+    assert after != before and child.starts >= 2
+
+
+def test_an_error_line_fails_the_batch_and_the_process_lives_on(child):
+    pid = child.predict([{"x": 1}])[0]["pid"]
+    with pytest.raises(RuntimeError, match="x=-2 is refused"):
+        child.predict([{"x": -2}])
+    assert child.predict([{"x": 1}])[0]["pid"] == pid
+
+
+def test_closing_stops_the_process(child):
+    process = child.process
+    child.close()
+    assert process.poll() is not None and child.process is None
+
+
+@pytest.fixture
+def server():
+    """A real model server on a free port; `answers` sets what it says next."""
+    app = Flask(__name__)
+    state = {"status": 200, "body": None, "seen": []}
+
+    @app.post("/predict")
+    def predict():
+        body = request.get_json()
+        state["seen"].append(body)
+        answer = state["body"] if state["body"] is not None else {"outputs": [{"y": i["x"] + 1} for i in body["inputs"]]}
+        return jsonify(answer), state["status"]
+
+    @app.post("/moved")
+    def moved():
+        return "", 307, {"Location": "http://169.254.169.254/"}
+
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    state["url"] = f"http://127.0.0.1:{httpd.server_port}"
+    yield state
+    httpd.shutdown()
+
+
+def http_model(url: str, timeout_s: float = 5) -> HttpModel:
+    model = HttpModel(url, timeout_s)
+    model.name, model.version = "remote", "2"
+    model.setup("cpu")
+    return model
+
+
+def test_an_http_model_posts_the_batch_and_reads_one_output_per_input(server):
+    model = http_model(server["url"] + "/predict")
+    assert model.predict([{"x": 1}, {"x": 2}]) == [{"y": 2}, {"y": 3}]
+    assert server["seen"] == [{"model": "remote", "version": "2", "inputs": [{"x": 1}, {"x": 2}]}]
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_overload_and_server_errors_are_transient(server, status):
+    server["status"], server["body"] = status, {"error": "busy"}
+    with pytest.raises(TransientError, match=f"answered {status}"):
+        http_model(server["url"] + "/predict").predict([{"x": 1}])
+
+
+def test_a_refused_connection_is_transient():
+    with pytest.raises(TransientError, match="unreachable"):
+        http_model("http://127.0.0.1:9/predict", timeout_s=1).predict([{"x": 1}])
+
+
+def test_a_client_error_fails_the_input_with_the_servers_words(server):
+    server["status"], server["body"] = 422, {"error": "x must be small"}
+    with pytest.raises(RuntimeError, match="answered 422: .*x must be small"):
+        http_model(server["url"] + "/predict").predict([{"x": 1}])
+
+
+def test_a_wrong_number_of_outputs_fails(server):
+    server["body"] = {"outputs": []}
+    with pytest.raises(RuntimeError, match="answered 0 outputs for 1 inputs"):
+        http_model(server["url"] + "/predict").predict([{"x": 1}])
+
+
+def test_redirects_are_not_followed(server):
+    with pytest.raises(RuntimeError, match="answered 307"):
+        http_model(server["url"] + "/moved").predict([{"x": 1}])
