@@ -47,6 +47,9 @@ class ModelSpec:
     command: tuple[str, ...] = ()  # subprocess: argv, relative paths from the repository root
     # Of several versions of one model, the one a request without `version` gets.
     default: bool = False
+    # Models registered at run time: this registration's id, so that a prediction queued for
+    # a removed one never runs on another registered later under the same name and version.
+    revision: str = ""
     one_of: tuple[tuple[str, ...], ...] = ()
     description: str = ""
     queue: str = "realtime-cpu"

@@ -1,6 +1,6 @@
 """Models registered at run time (`POST /models`), shared by every API process and worker.
 
-    {prefix}models              hash: "{name}:{version}" -> the declaration, as JSON
+    {prefix}models              hash: "{name}:{version}" -> {"declaration": ..., "revision": id}, as JSON
     {prefix}models:generation   counter, moved by every change, so each process knows when to re-read
 
 Only `http` models are registered this way, and only towards hosts the operator allows
@@ -9,8 +9,10 @@ make a worker run a program. `torch` and `subprocess` models come from the repos
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import uuid
 from urllib.parse import urlsplit
 
 import redis as redis_lib
@@ -57,16 +59,16 @@ class RuntimeModels:
     def generation(self) -> str:
         return self.redis.get(self.generation_key) or "0"
 
-    def declarations(self) -> dict[str, dict]:
-        return {field: json.loads(raw) for field, raw in self.redis.hgetall(self.key).items()}
-
     def specs(self) -> list[ModelSpec]:
         specs = []
-        for field, declaration in sorted(self.declarations().items()):
+        for field, raw in sorted(self.redis.hgetall(self.key).items()):
+            entry = json.loads(raw)
             try:
-                specs.extend(parse_repository({"models": [declaration]}, source=f"runtime model {field}"))
+                (spec,) = parse_repository({"models": [entry["declaration"]]}, source=f"runtime model {field}")
             except ValueError as exc:  # written by an older Ferry, say: skip it, loudly
                 log.error("%s", exc)
+                continue
+            specs.append(dataclasses.replace(spec, revision=entry["revision"]))
         return specs
 
     def register(self, declaration: dict, reserved: set[str]) -> ModelSpec:
@@ -82,8 +84,11 @@ class RuntimeModels:
                                     "choose another name.", status=409, field="name")
         field = f"{name}:{version}"
 
+        revision = uuid.uuid4().hex[:12]
+
         def write(pipe: redis_lib.client.Pipeline) -> None:
-            current = {key: json.loads(raw) for key, raw in pipe.hgetall(self.key).items()}
+            entries = {key: json.loads(raw) for key, raw in pipe.hgetall(self.key).items()}
+            current = {key: entry["declaration"] for key, entry in entries.items()}
             if field in current:
                 raise RegistrationError(f"Model {name!r} version {version!r} is registered already; "
                                         "register a new version, or DELETE it first.", status=409, field="version")
@@ -96,12 +101,16 @@ class RuntimeModels:
             if declaration["default"]:
                 for key, decl in siblings.items():
                     if decl.get("default"):
-                        pipe.hset(self.key, key, json.dumps({**decl, "default": False}))
-            pipe.hset(self.key, field, json.dumps(declaration))
+                        self._put(pipe, key, {**entries[key], "declaration": {**decl, "default": False}})
+            self._put(pipe, field, {"declaration": declaration, "revision": revision})
             pipe.incr(self.generation_key)
 
         self.redis.transaction(write, self.key)
-        return parse_repository({"models": [declaration]}, source="the declaration")[0]
+        (spec,) = parse_repository({"models": [declaration]}, source="the declaration")
+        return dataclasses.replace(spec, revision=revision)
+
+    def _put(self, pipe, field: str, entry: dict) -> None:
+        pipe.hset(self.key, field, json.dumps(entry))
 
     def remove(self, name: str, version: str | None = None) -> list[dict]:
         """Remove every version of `name` (or only `version`); returns the removed declarations.
@@ -110,7 +119,8 @@ class RuntimeModels:
 
         def write(pipe: redis_lib.client.Pipeline) -> None:
             removed.clear()
-            current = {key: json.loads(raw) for key, raw in pipe.hgetall(self.key).items()}
+            entries = {key: json.loads(raw) for key, raw in pipe.hgetall(self.key).items()}
+            current = {key: entry["declaration"] for key, entry in entries.items()}
             siblings = {key: decl for key, decl in current.items() if decl["name"] == name}
             gone = {key: decl for key, decl in siblings.items() if version in (None, decl["version"])}
             if not gone:
@@ -120,8 +130,8 @@ class RuntimeModels:
             pipe.multi()
             pipe.hdel(self.key, *gone)
             if left and not any(siblings[key].get("default") for key in left):
-                newest = left[-1]
-                pipe.hset(self.key, newest, json.dumps({**siblings[newest], "default": True}))
+                highest = max(left)  # the highest remaining version, in sort order, becomes the default
+                self._put(pipe, highest, {**entries[highest], "declaration": {**siblings[highest], "default": True}})
             pipe.incr(self.generation_key)
 
         self.redis.transaction(write, self.key)

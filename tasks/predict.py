@@ -50,6 +50,11 @@ def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
         return "waiting to retry"  # its retry message, sent with a countdown, runs it
     try:
         spec = ctx.registry.get(record["model"], record["version"])
+        if spec.revision != record.get("revision", ""):
+            ctx.registry.sync(force=True)  # registered or removed a moment ago, by another process
+            spec = ctx.registry.get(record["model"], record["version"])
+            if spec.revision != record.get("revision", ""):
+                raise UnknownModel(spec.name)  # the registration it was queued for is gone
     except UnknownModel:
         return _fail(ctx, prediction_id, f"Model {record['model']!r} version {record['version']!r} is not served "
                                          "any more.", record["model"],
@@ -85,7 +90,8 @@ def _gather(ctx: WorkerContext, spec: ModelSpec, taken: list[str], held: list[st
                 time.sleep(_POLL_S)
     batch, stale = [], []
     for record in ctx.store.get_many(ids):
-        if record["status"] in records.TERMINAL or record["version"] != spec.version:
+        if (record["status"] in records.TERMINAL or record["version"] != spec.version
+                or record.get("revision", "") != spec.revision):
             stale.append(record["id"])
         else:
             batch.append(record)

@@ -44,8 +44,8 @@ def is_prediction_id(value: str) -> bool:
 
 
 def _new_record(model: str, version: str, queue: str, validated_input: dict, cache_key: str, owner: str,
-                request_id: str = "", prediction_id: str | None = None) -> dict:
-    return {
+                request_id: str = "", prediction_id: str | None = None, revision: str = "") -> dict:
+    record = {
         "id": prediction_id or new_prediction_id(),
         "model": model,
         "version": version,
@@ -59,6 +59,9 @@ def _new_record(model: str, version: str, queue: str, validated_input: dict, cac
         # The API request that made it, so that the worker's log lines name it too.
         "request_id": request_id,
     }
+    if revision:  # a model registered at run time: which registration of it was asked for
+        record["revision"] = revision
+    return record
 
 
 class PredictionStore:
@@ -114,7 +117,7 @@ class PredictionStore:
 
     def submit(self, *, model: str, version: str, queue: str, validated_input: dict, cache_key: str, owner: str,
                queue_pending: list[str], limit: int, request_id: str = "", prediction_id: str | None = None,
-               idempotency: tuple[str, str] | None = None) -> tuple[str, str, dict | None]:
+               idempotency: tuple[str, str] | None = None, revision: str = "") -> tuple[str, str, dict | None]:
         """Create a queued prediction, in one atomic step with the checks that may stop it:
 
         - ("replay", id): `idempotency` (key, fingerprint) was used before with this body;
@@ -126,7 +129,8 @@ class PredictionStore:
 
         The third item is the new record when one was created.
         """
-        record = _new_record(model, version, queue, validated_input, cache_key, owner, request_id, prediction_id)
+        record = _new_record(model, version, queue, validated_input, cache_key, owner, request_id, prediction_id,
+                             revision)
         prediction_id = record["id"]
         key, fingerprint = idempotency or ("", "")
         keys = [self.key(prediction_id), self.pending_key(model, version), self.inflight_key(owner, cache_key),

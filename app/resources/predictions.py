@@ -244,7 +244,8 @@ class Submissions(MethodView):
                     model=spec.name, version=spec.version, queue=spec.queue, validated_input=validated,
                     cache_key=cache_key, owner=owner, request_id=request_ids.current(), prediction_id=prediction_id,
                     queue_pending=ferry.registry.pending_keys(ferry.store, spec.queue),
-                    limit=ferry.settings.queue_limit_for(spec.queue), idempotency=idempotency)
+                    limit=ferry.settings.queue_limit_for(spec.queue), idempotency=idempotency,
+                    revision=spec.revision)
                 if outcome == "mismatch":
                     _idempotency_mismatch(key)
                 if outcome == "full":

@@ -30,6 +30,12 @@ def repository_file(tmp_path_factory):
         declaration("stubborn", "Stubborn", timeout_s=1, hard_timeout_s=2),
         declaration("patient", "Patient", cancelable=True),
         declaration("busy", "Patient"),
+        # A subprocess model that dies when asked (tests/subprocess_model.py).
+        {"name": "mortal", "kind": "subprocess", "version": "1", "command": ["python", "tests/subprocess_model.py"],
+         "inputs": {"x": {"type": "number", "required": True}}},
+        # Routed to their own queue, which only the pool test's worker consumes.
+        declaration("weighty-a", "Weighty", queue="pool-test"),
+        declaration("weighty-b", "Weighty", queue="pool-test"),
     ]
     path = tmp_path_factory.mktemp("repository") / "repository.yaml"
     path.write_text(yaml.safe_dump(document))

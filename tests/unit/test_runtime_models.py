@@ -196,3 +196,18 @@ def test_the_log_is_bounded(fake_redis, repository):
         client.post("/models/echo/predictions", json={"input": {"x": 7}}, headers={"X-Request-ID": f"r{n}"})
     ferry.request_log.flush()
     assert [entry["request_id"] for entry in client.get("/models/echo/logs").json] == ["r4", "r3", "r2"]
+
+
+def test_a_prediction_never_runs_on_a_later_registration_under_the_same_name_and_version(api, client, fake_redis,
+                                                                                          repository):
+    ctx = WorkerContext.build(Settings(redis_url="redis://unused:1/0", model_repository=str(repository)), fake_redis,
+                              sender=RecordingSender())
+    assert client.post("/models", json=iris()).status_code == 201
+    ctx.registry.get("iris")  # the worker knows the first registration
+    prediction = client.post("/models/iris/predictions", json={"input": {"petal_length": 3}}).json
+    runtime = api.extensions["ferry"].runtime
+    runtime.remove("iris")
+    runtime.register(iris(url="http://127.0.0.1/replacement"), reserved=set())
+    assert run_prediction(prediction["id"], ctx) == records.FAILED
+    assert client.get(f"/predictions/{prediction['id']}").json["error"] == \
+        "Model 'iris' version '1' is not served any more."
