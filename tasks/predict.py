@@ -49,12 +49,13 @@ def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
     if float(record.get("retry_at") or 0) > time.time() + _CLOCK_SLACK_S:
         return "waiting to retry"  # its retry message, sent with a countdown, runs it
     try:
+        if record.get("revision"):
+            # Registered at run time: make sure that registration still stands (one read,
+            # cheap beside the remote call) before running on it.
+            ctx.registry.sync(force=True)
         spec = ctx.registry.get(record["model"], record["version"])
         if spec.revision != record.get("revision", ""):
-            ctx.registry.sync(force=True)  # registered or removed a moment ago, by another process
-            spec = ctx.registry.get(record["model"], record["version"])
-            if spec.revision != record.get("revision", ""):
-                raise UnknownModel(spec.name)  # the registration it was queued for is gone
+            raise UnknownModel(spec.name)  # the registration it was queued for is gone
     except UnknownModel:
         return _fail(ctx, prediction_id, f"Model {record['model']!r} version {record['version']!r} is not served "
                                          "any more.", record["model"],
