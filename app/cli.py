@@ -39,6 +39,9 @@ main.add_command(batch_cli)
 main.add_command(keys_cli)
 
 
+DEV_MODEL_HOSTS = "127.0.0.1:8100"
+
+
 @main.command()
 def dev() -> None:
     """Start everything on this machine: embedded Redis (unless FERRY_REDIS_URL is set),
@@ -58,6 +61,9 @@ def dev() -> None:
     # The bootstrap key (every scope) lets the README's curl examples run at once.
     api_key = settings.admin_key or TOKEN_PREFIX + secrets.token_urlsafe(32)
     env["FERRY_ADMIN_KEY"] = api_key
+    # The README registers the example http model (models/examples/iris_server.py) here.
+    hosts = settings.http_model_hosts or DEV_MODEL_HOSTS
+    env["FERRY_HTTP_MODEL_HOSTS"] = hosts
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     api = f"http://{settings.api_host}:{settings.api_port}"
     click.echo(
@@ -66,6 +72,7 @@ def dev() -> None:
         f"  Try it   {api}/   (the dashboard: paste the API key below)\n"
         f"  Flower   http://127.0.0.1:{settings.flower_port}   (user {settings.flower_user}, password {password})\n"
         f"  API key  Authorization: Bearer {api_key}   (scopes predict, admin)\n"
+        f"  Models   http models may be registered on {hosts} (FERRY_HTTP_MODEL_HOSTS)\n"
         f"  Redis    {redis_url}{'   (embedded, data in ' + settings.data_dir + '/redis)' if 'redis' in processes else ''}\n"
         "Stop with Ctrl-C.\n"
     )

@@ -25,7 +25,7 @@ class Readiness(MethodView):
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthSchema, description="Redis is unreachable or a queue has no worker.")
     def get(self):
-        """Ready when Redis answers and every model's queue has a live worker."""
+        """Ready when Redis answers and the queue of every model in the repository file has a live worker."""
         ferry = services()
         checks: dict = {}
         try:
@@ -35,8 +35,10 @@ class Readiness(MethodView):
         except Exception as exc:
             checks["redis"] = f"unreachable: {type(exc).__name__}"
             live = set()
-        checks["queues"] = {queue: ("ok" if queue in live else "no live worker")
-                            for queue in sorted(ferry.registry.queues)}
+        # The repository file's queues: a model registered at run time on a queue no worker
+        # consumes must not take every API instance out of its load balancer.
+        queues = {spec.queue for spec in ferry.registry.file_specs}
+        checks["queues"] = {queue: ("ok" if queue in live else "no live worker") for queue in sorted(queues)}
         ready = checks["redis"] == "ok" and all(state == "ok" for state in checks["queues"].values())
         body = {"status": "ready" if ready else "not ready", "checks": checks}
         if ready:

@@ -208,3 +208,41 @@ def test_flower_shows_predictions_by_model_and_id(stack):
     assert task["name"] == "ferry.predict"
     assert task["args"] == f"(pi 1.0.0, prediction {prediction_id})"
     assert requests.get(f"{stack['flower']}/api/tasks", timeout=5).status_code == 401
+
+
+def test_the_readmes_http_model_registers_serves_and_goes(stack):
+    """`Adding a model`: the example iris server, registered over HTTP while Ferry runs."""
+    http, api, port = stack["http"], stack["api"], stack["model_port"]
+    server = subprocess.Popen([str(BIN / "python"), "-m", "models.examples.iris_server", "--port", str(port)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health"), 60, "iris server", server)
+        fields = {name: {"type": "number", "required": True, "min": 0, "max": 20}
+                  for name in ("sepal_length", "sepal_width", "petal_length", "petal_width")}
+        created = http.post(f"{api}/models", json={"name": "iris", "kind": "http", "version": "1",
+                                                   "url": f"http://127.0.0.1:{port}/v1/predict", "inputs": fields},
+                            timeout=10)
+        assert created.status_code == 201, created.text
+        assert created.headers["Location"].endswith("/models/iris")
+        flower = {"sepal_length": 6.3, "sepal_width": 3.3, "petal_length": 6.0, "petal_width": 2.5}
+        answer = http.post(f"{api}/models/iris/predictions", json={"input": flower},
+                           headers={"Prefer": "wait=60"}, timeout=70).json()
+        answer = poll(http, f"{api}/predictions/{answer['id']}") if answer["status"] != "succeeded" else answer
+        assert answer["output"]["species"] == "virginica", answer
+        assert http.post(f"{api}/models/iris/predictions", json={"input": flower}, timeout=10).json()["cached"]
+        logs = http.get(f"{api}/models/iris/logs", timeout=10).json()
+        assert logs[-1]["prediction_id"] == answer["id"] and logs[-1]["status"] == "succeeded"
+        loaded = http.get(f"{api}/models/iris", timeout=10).json()["loaded"]
+        assert [entry["version"] for entry in loaded] == ["1"]
+        assert http.delete(f"{api}/models/iris", timeout=10).status_code == 204
+        assert http.get(f"{api}/models/iris", timeout=10).status_code == 404
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).ok
+    except requests.ConnectionError:
+        return False

@@ -33,9 +33,6 @@ def repository_file(tmp_path_factory):
         # A subprocess model that dies when asked (tests/subprocess_model.py).
         {"name": "mortal", "kind": "subprocess", "version": "1", "command": ["python", "tests/subprocess_model.py"],
          "inputs": {"x": {"type": "number", "required": True}}},
-        # Routed to their own queue, which only the pool test's worker consumes.
-        declaration("weighty-a", "Weighty", queue="pool-test"),
-        declaration("weighty-b", "Weighty", queue="pool-test"),
     ]
     path = tmp_path_factory.mktemp("repository") / "repository.yaml"
     path.write_text(yaml.safe_dump(document))

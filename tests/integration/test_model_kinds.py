@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from tests.auth import authorize
+from tests.fake_models import declaration
 from tests.integration.conftest import build_live_app, run_worker
 from tests.processes import ROOT, free_port, stop_group, wait_for
 
@@ -133,26 +135,40 @@ def test_removing_a_model_fails_the_predictions_still_queued_for_it(admin_client
 
 
 @pytest.fixture(scope="module")
-def pool_worker(redis_url, real_redis, tmp_path_factory, repository_file, data_dir):
+def pool_repository(tmp_path_factory):
+    """Two models routed to their own queue, which only the pool test's worker consumes."""
+    path = tmp_path_factory.mktemp("pool") / "repository.yaml"
+    path.write_text(yaml.safe_dump({"models": [declaration("weighty-a", "Weighty", queue="pool-test"),
+                                               declaration("weighty-b", "Weighty", queue="pool-test")]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pool_worker(redis_url, real_redis, tmp_path_factory, pool_repository, data_dir):
     """The only worker on the `pool-test` queue: it keeps one model loaded, lets it go after
     3 idle seconds, and reports every second."""
     proc = run_worker(redis_url, real_redis, tmp_path_factory.mktemp("pool-worker"), "pool-test",
-                      model_repository=repository_file, data_dir=data_dir, pool_max_models=1, pool_idle_s=3,
+                      model_repository=pool_repository, data_dir=data_dir, pool_max_models=1, pool_idle_s=3,
                       heartbeat_s=1)
     yield proc
     stop_group(proc)
 
 
-def test_models_route_to_their_queue_and_the_pool_evicts_by_count_and_idle_time(live_client, pool_worker, worker):
-    a = wait_result(live_client, live_client.post("/models/weighty-a/predictions", json={"input": {"x": 1}}))
+@pytest.fixture
+def pool_client(redis_url, pool_repository, data_dir, api_key):
+    return authorize(build_live_app(redis_url, pool_repository, data_dir).test_client(), api_key)
+
+
+def test_models_route_to_their_queue_and_the_pool_evicts_by_count_and_idle_time(pool_client, pool_worker, worker):
+    a = wait_result(pool_client, pool_client.post("/models/weighty-a/predictions", json={"input": {"x": 1}}))
     assert a["status"] == "succeeded", a
     assert parent_of(a["output"]["pid"]) == pool_worker.pid, "pool-test models run only on the pool-test worker"
-    (loaded,) = live_client.get("/models/weighty-a").json["loaded"]
+    (loaded,) = pool_client.get("/models/weighty-a").json["loaded"]
     assert loaded["pid"] == a["output"]["pid"] and loaded["device"] == "cpu" and loaded["memory_mb"] == 100.0
-    assert live_client.get("/models/weighty-b").json["loaded"] == []
-    b = wait_result(live_client, live_client.post("/models/weighty-b/predictions", json={"input": {"x": 2}}))
+    assert pool_client.get("/models/weighty-b").json["loaded"] == []
+    b = wait_result(pool_client, pool_client.post("/models/weighty-b/predictions", json={"input": {"x": 2}}))
     assert b["status"] == "succeeded"
-    assert live_client.get("/models/weighty-a").json["loaded"] == [], "past one model, the least recent one goes"
-    assert [entry["pid"] for entry in live_client.get("/models/weighty-b").json["loaded"]] == [b["output"]["pid"]]
-    wait_for(lambda: live_client.get("/models/weighty-b").json["loaded"] == [], 20, "idle model unloaded")
+    assert pool_client.get("/models/weighty-a").json["loaded"] == [], "past one model, the least recent one goes"
+    assert [entry["pid"] for entry in pool_client.get("/models/weighty-b").json["loaded"]] == [b["output"]["pid"]]
+    wait_for(lambda: pool_client.get("/models/weighty-b").json["loaded"] == [], 20, "idle model unloaded")
     assert "unloaded model weighty-b:1 (idle for 3 s)" in pool_worker.log_path.read_text()
