@@ -76,6 +76,12 @@ class ModelRegistrationSchema(ModelDeclarationSchema):
             raise ValidationError("Only http models are registered through the API; torch and subprocess models "
                                   "are declared in the operator's model repository file.")
 
+    @validates("artifacts")
+    def _no_files(self, value, **kwargs):
+        # It names files on the server, which GET /models would read out to anyone.
+        if value is not None:
+            raise ValidationError("artifacts is for models of the repository file only.")
+
 
 class RemoveQuerySchema(Schema):
     version = fields.String(validate=validate.Length(min=1, max=32), metadata={

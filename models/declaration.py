@@ -72,14 +72,23 @@ class ModelSpec:
     cancelable: bool = False
     artifacts: str | None = None
 
+    @property
+    def cache_version(self) -> str:
+        """The version as cache keys spell it: a runtime model's revision too, so that a late
+        output of a removed registration never answers for a later one of the same version."""
+        return f"{self.version}+{self.revision}" if self.revision else self.version
+
     def metadata(self, root: Path) -> dict:
         """Metrics and training arguments shipped beside the model's weights, if any."""
         found: dict = {}
         if self.artifacts:
             for key, filename in (("metrics", "metrics.json"), ("training_args", "train_args.json")):
                 path = root / self.artifacts / filename
-                if path.is_file():
-                    found[key] = json.loads(path.read_text())
+                try:
+                    if path.is_file():
+                        found[key] = json.loads(path.read_text())
+                except (OSError, ValueError) as exc:  # a broken file must not break GET /models
+                    found[key] = {"error": f"{path.name} unreadable: {type(exc).__name__}"}
         return found
 
 

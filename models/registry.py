@@ -48,7 +48,7 @@ class Registry:
         self.runtime = runtime
         self.refresh_s = refresh_s
         self._catalogue = _Catalogue(self.file_specs)
-        self._generation: str | None = None
+        self._generation: str | None = None  # never what Redis holds, so the first sync reads
         self._checked = float("-inf")
         self._sync_lock = threading.Lock()
         self._schemas: dict[tuple[str, str], Schema] = {}
@@ -67,9 +67,13 @@ class Registry:
             generation = self.runtime.generation()
             if generation == self._generation:
                 return
-            runtime_specs = self.runtime.specs()
+            runtime_specs = self.runtime.specs(reserved={spec.name for spec in self.file_specs})
             self._catalogue = _Catalogue(self.file_specs + runtime_specs)
             self._generation = generation
+            # Schemas and metadata of what is no longer served go with it.
+            for cache in (self._schemas, self._metadata):
+                for key in [key for key in cache if key not in self._catalogue.by_key]:
+                    cache.pop(key, None)
 
     def _current(self) -> _Catalogue:
         try:

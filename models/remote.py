@@ -1,9 +1,12 @@
 """Models that run outside the worker: on a remote model server (`http`) or in a child
 process (`subprocess`). Both speak the same JSON to it:
 
-    request   {"model": name, "version": version, "inputs": [input, ...]}
-    answer    {"outputs": [output, ...]}         one output (a JSON object) per input
-              {"error": "what went wrong"}       the whole batch failed
+    request   {"id": n, "model": name, "version": version, "inputs": [input, ...]}
+    answer    {"id": n, "outputs": [output, ...]}    one output (a JSON object) per input
+              {"id": n, "error": "what went wrong"}  the whole batch failed
+
+A subprocess model must echo the request's `id` (its stdout carries nothing else: a
+stray line there would otherwise answer the wrong batch); an http model may leave it out.
 
 A failed batch is retried input by input by the worker, as for any model, so one bad
 input fails alone.
@@ -24,7 +27,11 @@ from models.base import Model, TransientError
 
 log = logging.getLogger(__name__)
 # Answers that say "try again later": the prediction is retried with the model's backoff.
-_RETRY_LATER = {408, 425, 429, 500, 502, 503, 504}
+# A plain 500 is not among them: it is as likely one bad input, which then fails alone.
+_RETRY_LATER = {408, 425, 429, 502, 503, 504}
+# Of the model's timeout_s (the task's soft limit, counted from the task's start), the share
+# the remote call may take, so that its timeout, which is retried, comes before the limit.
+_HTTP_SHARE = 0.8
 # Connection attempts per request before the error counts (then as transient).
 _CONNECT_RETRIES = 2
 
@@ -46,7 +53,7 @@ class HttpModel(Model):
 
     def __init__(self, url: str, timeout_s: float):
         self.url = url
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s * _HTTP_SHARE
         self.client: httpx.Client | None = None
 
     def setup(self, device: str) -> None:
@@ -57,6 +64,7 @@ class HttpModel(Model):
 
     def predict(self, batch: list[dict]) -> list[dict]:
         try:
+            # httpx's timeouts hold per read; a server that trickles bytes meets the soft limit.
             response = self.client.post(self.url, json={"model": self.name, "version": self.version, "inputs": batch})
         except httpx.TimeoutException:
             raise TransientError(f"{self.url} did not answer within {self.timeout_s:g} s.") from None
@@ -104,13 +112,17 @@ class SubprocessModel(Model):
         self.device = "cpu"
         self.process: subprocess.Popen | None = None
         self.starts = 0
+        self.sent = 0
+        self.closed = False
 
     def setup(self, device: str) -> None:
         self.device = device
         self._start()
 
     def _start(self) -> None:
-        env = {**os.environ, "FERRY_DEVICE": self.device, "PYTHONUNBUFFERED": "1"}
+        # Ferry's own settings (the admin key, the Redis URL) are none of the model's business.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("FERRY_")}
+        env.update(FERRY_DEVICE=self.device, PYTHONUNBUFFERED="1")
         # No shell: the command is the operator's argv from the repository file, never the API's.
         self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, bufsize=1, cwd=self.root, env=env)
@@ -124,11 +136,16 @@ class SubprocessModel(Model):
             log.warning("model %s (pid %d): %s", self.name, process.pid, line.rstrip())
 
     def predict(self, batch: list[dict]) -> list[dict]:
+        if self.closed:
+            raise RuntimeError(f"Model {self.name} was unloaded.")
         if self.process is None or self.process.poll() is not None:
             self._start()
         process = self.process
+        self.sent += 1
+        request_id = self.sent
         try:
-            process.stdin.write(json.dumps({"model": self.name, "version": self.version, "inputs": batch}) + "\n")
+            process.stdin.write(json.dumps({"id": request_id, "model": self.name, "version": self.version,
+                                            "inputs": batch}) + "\n")
             process.stdin.flush()
             reply = process.stdout.readline()
         except BrokenPipeError:
@@ -138,8 +155,11 @@ class SubprocessModel(Model):
             self._stop(process)
             raise
         if not reply:
-            code = process.wait(timeout=5)
-            self.process = None
+            try:
+                code = process.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # closed its stdout but lives on: of no more use
+                code = "none: it closed its output and was killed"
+            self._stop(process)
             raise RuntimeError(f"The model's process exited (code {code}) while running this input; "
                                "a new one is started for the next.")
         try:
@@ -147,6 +167,10 @@ class SubprocessModel(Model):
         except ValueError:
             self._stop(process)
             raise RuntimeError(f"The model's process wrote a line that is not JSON: {reply[:100]!r}") from None
+        if not isinstance(answer, dict) or answer.get("id") != request_id:
+            self._stop(process)
+            raise RuntimeError(f"The model's process answered another request than {request_id}: it must echo each "
+                               "request's id and write nothing else on stdout. It is restarted for the next.")
         return _outputs(answer, "The model's process", len(batch))
 
     def memory_bytes(self) -> int | None:
@@ -165,6 +189,7 @@ class SubprocessModel(Model):
             self.process = None
 
     def close(self) -> None:
+        self.closed = True
         process = self.process
         if process is None:
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -50,23 +51,33 @@ def check_url(url: str, hosts: frozenset[str]) -> None:
 
 
 class RuntimeModels:
-    def __init__(self, redis, prefix: str = "ferry:", max_models: int = 100):
+    def __init__(self, redis, prefix: str = "ferry:", max_models: int = 100, hosts: frozenset[str] | None = None):
         self.redis = redis
         self.key = f"{prefix}models"
         self.generation_key = f"{prefix}models:generation"
         self.max_models = max_models
+        # Checked again whenever declarations are read: a host the operator no longer allows
+        # stops serving on the next restart, whatever was registered before.
+        self.hosts = hosts
 
     def generation(self) -> str:
-        return self.redis.get(self.generation_key) or "0"
+        return self.redis.get(self.generation_key) or ""
 
-    def specs(self) -> list[ModelSpec]:
+    def _entries(self, client) -> dict[str, dict]:
+        return {field: json.loads(raw) for field, raw in client.hgetall(self.key).items()}
+
+    def specs(self, reserved: set[str] = frozenset()) -> list[ModelSpec]:
         specs = []
-        for field, raw in sorted(self.redis.hgetall(self.key).items()):
-            entry = json.loads(raw)
+        for field, entry in sorted(self._entries(self.redis).items()):
             try:
                 (spec,) = parse_repository({"models": [entry["declaration"]]}, source=f"runtime model {field}")
-            except ValueError as exc:  # written by an older Ferry, say: skip it, loudly
-                log.error("%s", exc)
+                if self.hosts is not None:
+                    check_url(spec.url, self.hosts)
+            except ValueError as exc:  # written by an older Ferry, or its host no longer allowed: skip it, loudly
+                log.error("runtime model %s is not served: %s", field, exc)
+                continue
+            if spec.name in reserved:  # the operator has since declared this name in the repository file
+                log.error("runtime model %s is not served: the repository file declares %r", field, spec.name)
                 continue
             specs.append(dataclasses.replace(spec, revision=entry["revision"]))
         return specs
@@ -83,27 +94,25 @@ class RuntimeModels:
             raise RegistrationError(f"Model {name!r} is declared in the model repository file; "
                                     "choose another name.", status=409, field="name")
         field = f"{name}:{version}"
-
         revision = uuid.uuid4().hex[:12]
 
         def write(pipe: redis_lib.client.Pipeline) -> None:
-            entries = {key: json.loads(raw) for key, raw in pipe.hgetall(self.key).items()}
-            current = {key: entry["declaration"] for key, entry in entries.items()}
-            if field in current:
+            entries = self._entries(pipe)
+            if field in entries:
                 raise RegistrationError(f"Model {name!r} version {version!r} is registered already; "
                                         "register a new version, or DELETE it first.", status=409, field="version")
-            siblings = {key: decl for key, decl in current.items() if decl["name"] == name}
-            if not siblings and len({decl["name"] for decl in current.values()}) >= self.max_models:
-                raise RegistrationError(f"{self.max_models} models are registered already "
-                                        "(FERRY_RUNTIME_MODELS_MAX).", status=409, field="name")
+            if len(entries) >= self.max_models:
+                raise RegistrationError(f"{self.max_models} model versions are registered already "
+                                        "(FERRY_RUNTIME_MODELS_MAX); remove one first.", status=409, field="name")
+            siblings = {key: entry for key, entry in entries.items() if entry["declaration"]["name"] == name}
             declaration["default"] = bool(declaration.get("default")) or not siblings
             pipe.multi()
             if declaration["default"]:
-                for key, decl in siblings.items():
-                    if decl.get("default"):
-                        self._put(pipe, key, {**entries[key], "declaration": {**decl, "default": False}})
-            self._put(pipe, field, {"declaration": declaration, "revision": revision})
-            pipe.incr(self.generation_key)
+                for key, entry in siblings.items():
+                    if entry["declaration"].get("default"):
+                        self._put(pipe, key, {**entry, "declaration": {**entry["declaration"], "default": False}})
+            self._put(pipe, field, {"declaration": declaration, "revision": revision, "registered_at": time.time()})
+            self._moved(pipe)
 
         self.redis.transaction(write, self.key)
         (spec,) = parse_repository({"models": [declaration]}, source="the declaration")
@@ -112,27 +121,36 @@ class RuntimeModels:
     def _put(self, pipe, field: str, entry: dict) -> None:
         pipe.hset(self.key, field, json.dumps(entry))
 
+    def _moved(self, pipe) -> None:
+        # A fresh value, never a count: a Redis that lost its data must not hand out a
+        # generation some process already holds for other contents.
+        pipe.set(self.generation_key, uuid.uuid4().hex)
+
+    def has(self, name: str) -> bool:
+        return any(entry["declaration"]["name"] == name for entry in self._entries(self.redis).values())
+
     def remove(self, name: str, version: str | None = None) -> list[dict]:
-        """Remove every version of `name` (or only `version`); returns the removed declarations.
-        Removing the default of several versions makes the newest remaining one the default."""
+        """Remove every version of `name` (or only `version`); returns the removed entries
+        (declaration and revision). Removing the default of several versions makes the most
+        recently registered remaining one the default."""
         removed: list[dict] = []
 
         def write(pipe: redis_lib.client.Pipeline) -> None:
             removed.clear()
-            entries = {key: json.loads(raw) for key, raw in pipe.hgetall(self.key).items()}
-            current = {key: entry["declaration"] for key, entry in entries.items()}
-            siblings = {key: decl for key, decl in current.items() if decl["name"] == name}
-            gone = {key: decl for key, decl in siblings.items() if version in (None, decl["version"])}
+            siblings = {key: entry for key, entry in self._entries(pipe).items()
+                        if entry["declaration"]["name"] == name}
+            gone = {key: entry for key, entry in siblings.items()
+                    if version in (None, entry["declaration"]["version"])}
             if not gone:
                 return
             removed.extend(gone.values())
-            left = [key for key in siblings if key not in gone]
+            left = {key: entry for key, entry in siblings.items() if key not in gone}
             pipe.multi()
             pipe.hdel(self.key, *gone)
-            if left and not any(siblings[key].get("default") for key in left):
-                highest = max(left)  # the highest remaining version, in sort order, becomes the default
-                self._put(pipe, highest, {**entries[highest], "declaration": {**siblings[highest], "default": True}})
-            pipe.incr(self.generation_key)
+            if left and not any(entry["declaration"].get("default") for entry in left.values()):
+                newest = max(left, key=lambda key: left[key].get("registered_at", 0))
+                self._put(pipe, newest, {**left[newest], "declaration": {**left[newest]["declaration"], "default": True}})
+            self._moved(pipe)
 
         self.redis.transaction(write, self.key)
         return removed

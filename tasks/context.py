@@ -9,7 +9,7 @@ from celery import current_app
 
 from models.cache import PredictionCache
 from models.registry import Registry
-from models.runtime import RuntimeModels
+from models.runtime import RuntimeModels, allowed_hosts
 from tasks.leases import LeaseKeeper
 from tasks.pool import ModelPool
 from tasks.records import PredictionStore
@@ -30,7 +30,8 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 def build_registry(settings: Settings, redis_conn) -> Registry:
     """The repository file's models, and those registered at run time in this Redis."""
-    runtime = RuntimeModels(redis_conn, settings.key_prefix, settings.runtime_models_max)
+    runtime = RuntimeModels(redis_conn, settings.key_prefix, settings.runtime_models_max,
+                            allowed_hosts(settings.http_model_hosts))
     return Registry.from_file(settings.model_repository, runtime=runtime, refresh_s=settings.registry_refresh_s)
 
 

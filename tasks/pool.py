@@ -48,6 +48,8 @@ class Loaded:
     last_used: float
     memory_bytes: int | None
     device: str
+    # Forward passes running on it now: a model in use is never unloaded under them.
+    in_use: int = 0
 
 
 class ModelPool:
@@ -95,9 +97,17 @@ class ModelPool:
     def predict(self, spec: ModelSpec, inputs: list[dict], fatal: tuple = (),
                 progress=None) -> list[tuple[str | None, str | None]]:
         """`models.base.predict_isolated` on the loaded model, in its inference context."""
-        model = self.get(spec)
-        with self._context(spec):
-            return predict_isolated(model, inputs, fatal, progress)
+        with self._lock:
+            model = self.get(spec)
+            entry = self._models[(spec.name, spec.version)]
+            entry.in_use += 1
+        try:
+            with self._context(spec):
+                return predict_isolated(model, inputs, fatal, progress)
+        finally:
+            with self._lock:
+                entry.in_use -= 1
+                entry.last_used = time.time()
 
     def _context(self, spec: ModelSpec):
         if spec.kind != "torch":
@@ -130,8 +140,8 @@ class ModelPool:
             over_memory = self.memory_mb and used_mb > self.memory_mb
             if not (over_count or over_memory):
                 return
-            oldest = next(iter(self._models))
-            if oldest == keep:
+            oldest = next((key for key, entry in self._models.items() if key != keep and not entry.in_use), None)
+            if oldest is None:
                 return
             self._evict(oldest, f"over FERRY_POOL_MAX_MODELS={self.max_models}" if over_count
                         else f"over FERRY_POOL_MEMORY_MB={self.memory_mb:g} ({used_mb:.0f} MB loaded)")
@@ -141,7 +151,8 @@ class ModelPool:
             return []
         now = now or time.time()
         with self._lock:
-            idle = [key for key, entry in self._models.items() if now - entry.last_used >= self.idle_s]
+            idle = [key for key, entry in self._models.items()
+                    if not entry.in_use and now - entry.last_used >= self.idle_s]
             for key in idle:
                 self._evict(key, f"idle for {self.idle_s:g} s")
         return idle
@@ -186,8 +197,15 @@ class ModelPool:
         removed models go."""
         self.evict_idle()
         with self._lock:
-            for key in [key for key, entry in self._models.items() if not self.serves(entry.spec)]:
+            for key in [key for key, entry in self._models.items()
+                        if not entry.in_use and not self.serves(entry.spec)]:
                 self._evict(key, "no longer served")
+            for entry in self._models.values():
+                # What a model holds grows after setup (a subprocess model's child loading its weights).
+                own = entry.model.memory_bytes()
+                if own is not None:
+                    entry.memory_bytes = own
+            self._shrink()
             entries = list(self._models.values())
         if entries and self.redis is not None:
             pipe = self.redis.pipeline(transaction=False)

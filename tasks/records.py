@@ -160,11 +160,12 @@ class PredictionStore:
         record = self.redis.hgetall(self.key(prediction_id))
         return record or None
 
-    def fail_queued(self, model: str, version: str, error: str) -> list[str]:
-        """Fail every prediction still waiting in the model version's pending list (its model
-        was removed), atomically against workers taking them; returns their ids."""
+    def fail_queued(self, model: str, version: str, revision: str, error: str) -> list[str]:
+        """Fail the predictions for this registration (`revision`) of a model version still
+        waiting in its pending list (it was removed), atomically against workers taking them;
+        returns their ids."""
         return self._script("fail_queued", _FAIL_QUEUED)(
-            keys=[self.pending_key(model, version)], args=[self.prefix, error, repr(time.time())])
+            keys=[self.pending_key(model, version)], args=[self.prefix, error, repr(time.time()), revision])
 
     def pending_key(self, model: str, version: str) -> str:
         return f"{self.prefix}pending:{model}:{version}"
@@ -450,19 +451,24 @@ end
 return {1, status, taken}
 """
 
-# KEYS: the pending list; ARGV: prefix, error, now.
+# KEYS: the pending list; ARGV: prefix, error, now, revision.
 _FAIL_QUEUED = """
+local unpack = unpack or table.unpack
 local failed = {}
 for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
     local record = ARGV[1] .. 'prediction:' .. id
-    if redis.call('HGET', record, 'status') == 'queued' and redis.call('EXISTS', ARGV[1] .. 'claim:' .. id) == 0 then
+    local status, revision = unpack(redis.call('HMGET', record, 'status', 'revision'))
+    if not status then
+        redis.call('LREM', KEYS[1], 0, id)
+    elseif status == 'queued' and (revision or '') == ARGV[4]
+            and redis.call('EXISTS', ARGV[1] .. 'claim:' .. id) == 0 then
         redis.call('HSET', record, 'status', 'failed', 'error', ARGV[2], 'finished_at', ARGV[3])
         redis.call('PUBLISH', ARGV[1] .. 'events:' .. id,
                    cjson.encode({status = 'failed', error = ARGV[2], finished_at = ARGV[3]}))
+        redis.call('LREM', KEYS[1], 0, id)
         failed[#failed + 1] = id
     end
 end
-redis.call('DEL', KEYS[1])
 return failed
 """
 

@@ -16,7 +16,7 @@ from models.declaration import ModelSpec
 from models.registry import UnknownModel, UnknownVersion
 from models.runtime import RegistrationError, allowed_hosts, check_url
 from models.schemas import input_json_schema
-from tasks.pool import where_loaded
+from tasks.pool import loaded_key, where_loaded
 
 log = logging.getLogger(__name__)
 blp = Blueprint("models", __name__, url_prefix="/models", description="The models Ferry serves.")
@@ -43,8 +43,6 @@ def describe(spec: ModelSpec, versions: list[ModelSpec] | None = None, loaded: l
         **ferry.registry.metadata(spec),
         "links": {"predictions": f"/models/{spec.name}/predictions", "logs": f"/models/{spec.name}/logs"},
     }
-    if spec.kind == "http":
-        described["url"] = spec.url
     if loaded is not None:
         described["loaded"] = loaded
     return described
@@ -127,13 +125,16 @@ class ModelByName(MethodView):
                                "there.")
         removed = ferry.runtime.remove(name, query.get("version"))
         ferry.registry.sync(force=True)
-        for declaration in removed:
-            version = declaration["version"]
-            failed = ferry.store.fail_queued(name, version, f"Model {name!r} version {version!r} was removed "
-                                                            "before this prediction ran.")
-            dropped = ferry.cache.drop(name, version)
+        for entry in removed:
+            version, revision = entry["declaration"]["version"], entry["revision"]
+            failed = ferry.store.fail_queued(name, version, revision, f"Model {name!r} version {version!r} was "
+                                                                      "removed before this prediction ran.")
+            dropped = ferry.cache.drop(name, f"{version}+{revision}")
             log.info("removed model %s %s: %d queued predictions failed, %d cached outputs dropped",
                      name, version, len(failed), dropped)
+        if not ferry.runtime.has(name):
+            ferry.request_log.clear(name)
+            ferry.redis.delete(loaded_key(ferry.settings.key_prefix, name))
 
 
 @blp.route("/<name>/logs")

@@ -101,7 +101,7 @@ def cache_hits_first(view):
         glanced = _glance(name)
         if glanced is not None:
             spec, validated = glanced
-            cache_key = services().cache.key(spec.name, spec.version, validated)
+            cache_key = services().cache.key(spec.name, spec.cache_version, validated)
             raw = lookup(spec, validated, cache_key)
             if raw is not None:
                 return cache_hit(spec, raw)
@@ -216,7 +216,7 @@ class Submissions(MethodView):
             except ValidationError as exc:
                 abort(422, message=f"The input does not match model {name!r}.",
                       errors={"json": {"input": exc.messages}})
-            cache_key = ferry.cache.key(spec.name, spec.version, validated)
+            cache_key = ferry.cache.key(spec.name, spec.cache_version, validated)
         # Same key, same body: the model and the canonical input (defaults applied).
         fingerprint = f"{spec.name}:{cache_key.rsplit(':', 1)[-1]}"
         idempotency = None if key is None else (key, fingerprint)

@@ -3,10 +3,11 @@
 Any program can be a subprocess model. Ferry starts it once per worker process and keeps
 it running; it reads one JSON line per batch on stdin and writes one JSON line back:
 
-    in   {"model": "textstats", "version": "1", "inputs": [{"text": "..."}, ...]}
-    out  {"outputs": [{"words": 3, ...}, ...]}   (or {"error": "..."} for the whole batch)
+    in   {"id": 7, "model": "textstats", "version": "1", "inputs": [{"text": "..."}, ...]}
+    out  {"id": 7, "outputs": [{"words": 3, ...}, ...]}   (or {"id": 7, "error": "..."}: the whole batch failed)
 
-Anything it writes to stderr goes to the worker's log. It exits when stdin closes. Only
+It echoes each request's `id` and writes nothing else on stdout; anything it writes to
+stderr goes to the worker's log. It exits when stdin closes. Only
 the standard library: a model in another language speaks the same lines.
 """
 import json
@@ -31,11 +32,12 @@ def stats(text: str) -> dict:
 def main() -> None:
     print("textstats ready", file=sys.stderr, flush=True)
     for line in sys.stdin:
+        request = {}
         try:
             request = json.loads(line)
-            answer = {"outputs": [stats(item["text"]) for item in request["inputs"]]}
+            answer = {"id": request["id"], "outputs": [stats(item["text"]) for item in request["inputs"]]}
         except Exception as exc:  # the batch fails, the process lives on
-            answer = {"error": f"{type(exc).__name__}: {exc}"}
+            answer = {"id": request.get("id"), "error": f"{type(exc).__name__}: {exc}"}
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
 

@@ -76,7 +76,7 @@ def run_worker(redis_url, real_redis, log_dir, queues, **settings):
 @pytest.fixture(scope="session")
 def worker(redis_url, real_redis, tmp_path_factory, repository_file, data_dir):
     proc = run_worker(redis_url, real_redis, tmp_path_factory.mktemp("worker"), "realtime-cpu",
-                      model_repository=repository_file, data_dir=data_dir)
+                      model_repository=repository_file, data_dir=data_dir, http_model_hosts="127.0.0.1")
     yield proc
     stop_group(proc)
 

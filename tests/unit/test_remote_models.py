@@ -55,10 +55,33 @@ def test_an_error_line_fails_the_batch_and_the_process_lives_on(child):
     assert child.predict([{"x": 1}])[0]["pid"] == pid
 
 
-def test_closing_stops_the_process(child):
+def test_a_stray_line_on_stdout_never_answers_another_request(child):
+    pid = child.predict([{"x": 1}])[0]["pid"]
+    with pytest.raises(RuntimeError, match="answered another request"):
+        child.predict([{"x": -3}])
+    after = child.predict([{"x": 2}])[0]
+    assert after["double"] == 4 and after["pid"] != pid, "restarted, and in step again"
+
+
+def test_the_child_does_not_see_ferrys_settings(monkeypatch):
+    monkeypatch.setenv("FERRY_ADMIN_KEY", "secret")
+    model = SubprocessModel(("python", "-c", "import json, os, sys\nfor line in sys.stdin:\n"
+                                             " r = json.loads(line)\n"
+                                             " print(json.dumps({'id': r['id'], 'outputs': [{'env': sorted(k for k in "
+                                             "os.environ if k.startswith('FERRY'))}]}), flush=True)"), ROOT)
+    model.setup("cpu")
+    try:
+        assert model.predict([{}]) == [{"env": ["FERRY_DEVICE"]}]
+    finally:
+        model.close()
+
+
+def test_closing_stops_the_process_for_good(child):
     process = child.process
     child.close()
     assert process.poll() is not None and child.process is None
+    with pytest.raises(RuntimeError, match="unloaded"):
+        child.predict([{"x": 1}])
 
 
 @pytest.fixture
@@ -99,8 +122,8 @@ def test_an_http_model_posts_the_batch_and_reads_one_output_per_input(server):
     assert server["seen"] == [{"model": "remote", "version": "2", "inputs": [{"x": 1}, {"x": 2}]}]
 
 
-@pytest.mark.parametrize("status", [429, 500, 503])
-def test_overload_and_server_errors_are_transient(server, status):
+@pytest.mark.parametrize("status", [429, 502, 503])
+def test_overload_and_unavailability_are_transient(server, status):
     server["status"], server["body"] = status, {"error": "busy"}
     with pytest.raises(TransientError, match=f"answered {status}"):
         http_model(server["url"] + "/predict").predict([{"x": 1}])
@@ -111,9 +134,10 @@ def test_a_refused_connection_is_transient():
         http_model("http://127.0.0.1:9/predict", timeout_s=1).predict([{"x": 1}])
 
 
-def test_a_client_error_fails_the_input_with_the_servers_words(server):
-    server["status"], server["body"] = 422, {"error": "x must be small"}
-    with pytest.raises(RuntimeError, match="answered 422: .*x must be small"):
+@pytest.mark.parametrize("status", [422, 500])
+def test_a_client_or_plain_server_error_fails_the_input_with_the_servers_words(server, status):
+    server["status"], server["body"] = status, {"error": "x must be small"}
+    with pytest.raises(RuntimeError, match=f"answered {status}: .*x must be small"):
         http_model(server["url"] + "/predict").predict([{"x": 1}])
 
 

@@ -59,7 +59,7 @@ def test_an_http_model_registered_at_run_time_is_served_by_every_process_at_once
     response = client.post("/models", json=iris())
     assert response.status_code == 201, response.json
     assert response.headers["Location"].endswith("/models/iris")
-    assert response.json["source"] == "runtime" and response.json["url"] == "http://models.internal:8100/v1/predict"
+    assert response.json["source"] == "runtime" and "url" not in response.json, "internal addresses stay private"
     shown = other.get("/models/iris")
     assert shown.status_code == 200 and shown.json["versions"] == ["1"]
     submitted = other.post("/models/iris/predictions", json={"input": {"petal_length": 1.4}})
@@ -76,6 +76,7 @@ def test_an_http_model_registered_at_run_time_is_served_by_every_process_at_once
     ({**without_url(), "kind": "torch", "entrypoint": "os:system"}, 422, "Only http models"),
     (iris(name="echo"), 409, "repository file"),
     ({**iris(), "inputs": {}}, 422, "inputs"),
+    (iris(artifacts="/etc"), 422, "artifacts"),
 ])
 def test_registrations_outside_what_the_operator_allows_are_refused(client, declaration_, status, words):
     response = client.post("/models", json=declaration_)
@@ -131,7 +132,9 @@ def test_removing_a_model_fails_its_queued_predictions_and_drops_its_cache(clien
     queued = [client.post("/models/iris/predictions", json={"input": {"petal_length": n}}).json["id"]
               for n in (1, 2)]
     ferry = api.extensions["ferry"]
-    ferry.cache.set(ferry.cache.key("iris", "1", {"petal_length": 9.0}), '{"species":"old"}', 600)
+    cache_version = ferry.registry.get("iris").cache_version
+    assert cache_version.startswith("1+"), "a runtime model's cache keys carry its revision"
+    ferry.cache.set(ferry.cache.key("iris", cache_version, {"petal_length": 9.0}), '{"species":"old"}', 600)
     assert client.delete("/models/iris").status_code == 204
     for prediction_id in queued:
         shown = client.get(f"/predictions/{prediction_id}").json
@@ -153,7 +156,7 @@ def test_models_of_the_repository_file_cannot_be_removed_through_the_api(client)
 
 def test_a_worker_sees_a_registration_without_a_restart_and_fails_removed_ones_clearly(api, client, fake_redis,
                                                                                           repository):
-    ctx = WorkerContext.build(Settings(redis_url="redis://unused:1/0", model_repository=str(repository)), fake_redis,
+    ctx = WorkerContext.build(Settings(redis_url="redis://unused:1/0", model_repository=str(repository), http_model_hosts=HOSTS), fake_redis,
                               sender=RecordingSender())
     assert client.post("/models", json=iris()).status_code == 201
     assert ctx.registry.get("iris").url == "http://models.internal:8100/v1/predict"
@@ -172,7 +175,7 @@ def test_each_model_keeps_its_recent_requests_newest_first(api, client, fake_red
                        headers={"X-Request-ID": "hit-1"}).status_code == 200
     ferry.request_log.flush()  # or its background thread does, within half a second
     queued = client.post("/models/echo/predictions", json={"input": {"x": 8}}).json["id"]
-    ctx = WorkerContext.build(Settings(redis_url="redis://unused:1/0", model_repository=str(repository)), fake_redis,
+    ctx = WorkerContext.build(Settings(redis_url="redis://unused:1/0", model_repository=str(repository), http_model_hosts=HOSTS), fake_redis,
                               sender=RecordingSender())
     assert run_prediction(queued, ctx) == records.SUCCEEDED
     entries = client.get("/models/echo/logs").json
@@ -200,7 +203,7 @@ def test_the_log_is_bounded(fake_redis, repository):
 
 def test_a_prediction_never_runs_on_a_later_registration_under_the_same_name_and_version(api, client, fake_redis,
                                                                                           repository):
-    ctx = WorkerContext.build(Settings(redis_url="redis://unused:1/0", model_repository=str(repository)), fake_redis,
+    ctx = WorkerContext.build(Settings(redis_url="redis://unused:1/0", model_repository=str(repository), http_model_hosts=HOSTS), fake_redis,
                               sender=RecordingSender())
     assert client.post("/models", json=iris()).status_code == 201
     ctx.registry.get("iris")  # the worker knows the first registration
@@ -211,3 +214,30 @@ def test_a_prediction_never_runs_on_a_later_registration_under_the_same_name_and
     assert run_prediction(prediction["id"], ctx) == records.FAILED
     assert client.get(f"/predictions/{prediction['id']}").json["error"] == \
         "Model 'iris' version '1' is not served any more."
+
+
+def test_registrations_are_bounded_per_version(fake_redis, repository):
+    client = keyed_client(make_app(fake_redis, repository, runtime_models_max=2))
+    assert client.post("/models", json=iris("1")).status_code == 201
+    assert client.post("/models", json=iris("2")).status_code == 201
+    refused = client.post("/models", json=iris("3"))
+    assert refused.status_code == 409 and "FERRY_RUNTIME_MODELS_MAX" in refused.json["message"]
+
+
+def test_removing_the_default_makes_the_latest_registration_the_default(client):
+    for version in ("10", "9", "2"):
+        assert client.post("/models", json=iris(version)).status_code == 201
+    assert client.get("/models/iris").json["version"] == "10"
+    assert client.delete("/models/iris?version=10").status_code == 204
+    assert client.get("/models/iris").json["version"] == "2"
+
+
+def test_a_host_no_longer_allowed_stops_serving_and_a_shadowed_name_yields_to_the_file(fake_redis, repository):
+    client = keyed_client(make_app(fake_redis, repository))
+    assert client.post("/models", json=iris()).status_code == 201
+    narrower = keyed_client(make_app(fake_redis, repository, http_model_hosts="127.0.0.1"))
+    assert narrower.get("/models/iris").status_code == 404
+    runtime = client.application.extensions["ferry"].runtime
+    runtime.register({**iris(), "name": "echo", "version": "7"}, reserved=set())  # as if the file gained it later
+    shown = client.get("/models/echo").json
+    assert shown["kind"] == "torch" and shown["versions"] == ["1", "2"]
