@@ -135,10 +135,13 @@ class Processes:
 
 
 @contextlib.contextmanager
-def workspace():
+def workspace(durable: bool = False):
+    """A scratch folder, a private redis-server and the processes a bench starts. `durable`
+    runs Redis as production does (append-only, `appendfsync always`): a request that
+    writes then waits for the disk, as it would there."""
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
     processes = Processes(work)
-    server = RedisServer(work / "redis").start()
+    server = RedisServer(work / "redis", appendonly=durable).start()
     try:
         yield work, server, processes
     finally:

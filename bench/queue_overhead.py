@@ -39,7 +39,7 @@ def stages(redis_url: str) -> tuple[float, float]:
 
 
 def run(seconds: float) -> str:
-    with workspace() as (work, server, processes):
+    with workspace(durable=True) as (work, server, processes):
         repository = work / "repository.yaml"
         repository.write_text(yaml.safe_dump({"models": [NOOP]}))
         settings = ferry_settings(server, work, repository)
