@@ -40,7 +40,7 @@ def digits_output() -> str:
 def run(seconds: float, clients: list[int]) -> str:
     output = digits_output()
     rows = []
-    with workspace(durable=True) as (work, server, processes):
+    with workspace(fsync="always") as (work, server, processes):
         client = redis.Redis.from_url(server.url, decode_responses=True)
         registry = Registry.from_file(Settings().model_repository)
         spec = registry.get("digits")
