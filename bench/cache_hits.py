@@ -7,8 +7,9 @@ Both get the same request (a `digits` input and an API key) and answer the same 
 Ferry checks the key and its rate limit, validates the input, hashes it, reads the cache and
 counts the input's popularity. Redis runs as in production (append-only, `appendfsync
 always`). Besides throughput and latency, each row says what one answer cost: CPU in all the
-server's processes, Redis commands, and bytes appended to the AOF (more than 0 means the
-answer waited for an fsync); a busy machine distorts those less than it distorts throughput.
+server's processes, Redis commands, and bytes appended to the AOF (by the request's own
+writes, which wait for an fsync, or by batched writes from background threads, which do
+not); a busy machine distorts those less than it distorts throughput.
 Target: Ferry's throughput at least 0.9 of the baseline's. Prints figures only.
 """
 from __future__ import annotations
