@@ -34,12 +34,23 @@ def _started() -> None:
     g.metrics_started = time.perf_counter()
 
 
+# prometheus_client resolves labels under a lock on every `labels()` call; the few
+# (method, route, status) combinations a process sees are resolved once and kept.
+_children: dict[tuple, tuple] = {}
+
+
 def _answered(response):
     started = g.pop("metrics_started", None)
     if started is not None:
+        elapsed = time.perf_counter() - started
+        method, status = request.method, response.status_code
         route = _route()
-        HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
-        HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        known = _children.get((method, route, status))
+        if known is None:
+            known = _children[(method, route, status)] = (HTTP_LATENCY.labels(method, route),
+                                                           HTTP_REQUESTS.labels(method, route, str(status)))
+        known[0].observe(elapsed)
+        known[1].inc()
     return response
 
 

@@ -5,8 +5,13 @@ model's schema, so that a bad row is counted and reported, never fatal.
 """
 from __future__ import annotations
 
+import atexit
 import csv
 import json
+import logging
+import os
+import threading
+import time
 
 import orjson
 from pathlib import Path
@@ -16,6 +21,8 @@ from marshmallow import Schema, ValidationError
 
 from models.cache import canonical_json
 from models.declaration import ModelSpec
+
+log = logging.getLogger(__name__)
 
 SOURCE_TYPES = ("jsonl", "csv", "popular")
 
@@ -114,18 +121,32 @@ def validated_rows(rows, schema: Schema):
 
 
 class PopularityCounter:
-    """Counts what the API is asked for, per model, in bounded memory (a trimmed sorted set)."""
+    """Counts what the API is asked for, per model, in bounded memory (a trimmed sorted set).
+
+    The API counts with `add`: in the process, flushed to Redis by a thread every
+    `flush_every_s` (or at once when `max_pending` distinct inputs are waiting, and when the
+    process exits), so that a cache hit writes nothing to Redis and waits for no fsync.
+    Popularity is approximate anyway: a process that dies loses at most its last second of
+    counts, and a flush that fails (Redis away) is dropped, not retried."""
 
     TRIM_EVERY = 64
 
-    def __init__(self, prefix: str, max_entries: int, max_input_bytes: int):
+    def __init__(self, prefix: str, max_entries: int, max_input_bytes: int, *, flush_every_s: float = 1.0,
+                 max_pending: int = 4096):
         self.prefix = prefix
         self.max_entries = max_entries
         self.max_input_bytes = max_input_bytes
+        self.flush_every_s = flush_every_s
+        self.max_pending = max_pending
         self._calls = 0
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict[str, list]] = {}  # sorted set -> input's id -> [n, member]
+        self._distinct = 0
+        self._redis = None
+        self._flusher_pid = None
 
     def count(self, pipe, model: str, version: str, validated_input: dict) -> None:
-        """Queue the count on `pipe`, so it rides the same round trip as the cache read."""
+        """Queue the count on `pipe` (a pipeline or a client): written now, not buffered."""
         member = canonical_json(validated_input)
         if len(member) > self.max_input_bytes:
             return
@@ -134,3 +155,60 @@ class PopularityCounter:
         self._calls += 1
         if self._calls % self.TRIM_EVERY == 0:
             pipe.zremrangebyrank(key, 0, -(self.max_entries + 1))
+
+    def add(self, redis, model: str, version: str, validated_input: dict, ident: str) -> None:
+        """Count one request for `validated_input` (`ident` names it: its cache key) in the
+        process. At most `max_pending` inputs of at most `max_input_bytes` each wait in memory;
+        a popular input is encoded once per flush, not once per request."""
+        key = popular_key(self.prefix, model, version)
+        with self._lock:
+            self._redis = redis
+            if self._flusher_pid != os.getpid():  # first use in this (forked) process
+                self._start_flusher()
+            inputs = self._pending.setdefault(key, {})
+            seen = inputs.get(ident)
+            if seen is not None:
+                seen[0] += 1
+                return
+        member = canonical_json(validated_input)
+        if len(member) > self.max_input_bytes:
+            return
+        with self._lock:
+            seen = self._pending.setdefault(key, {}).setdefault(ident, [0, member])
+            if seen[0] == 0:
+                self._distinct += 1
+            seen[0] += 1
+            full = self._distinct >= self.max_pending
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the counts gathered so far: one pipeline, one round trip."""
+        with self._lock:
+            pending, self._pending, self._distinct = self._pending, {}, 0
+            redis = self._redis
+        if not pending or redis is None:
+            return
+        pipe = redis.pipeline(transaction=False)
+        for key, inputs in pending.items():
+            for n, member in inputs.values():
+                pipe.zincrby(key, n, member)
+            pipe.zremrangebyrank(key, 0, -(self.max_entries + 1))
+        pipe.execute()
+
+    def _start_flusher(self) -> None:
+        self._flusher_pid = os.getpid()
+        threading.Thread(target=self._flush_forever, name="popularity-flush", daemon=True).start()
+        atexit.register(self._flush_quietly)
+
+    def _flush_forever(self) -> None:
+        pid = os.getpid()
+        while self._flusher_pid == pid:
+            time.sleep(self.flush_every_s)
+            self._flush_quietly()
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception as exc:  # noqa: BLE001 - counts are approximate; never let them break the API
+            log.warning("popularity counts dropped: %s", exc)

@@ -135,10 +135,13 @@ class Processes:
 
 
 @contextlib.contextmanager
-def workspace():
+def workspace(fsync: str | None = None):
+    """A scratch folder, a private redis-server and the processes a bench starts. With
+    `fsync` ("always" as in production, or "everysec"), Redis keeps an append-only file and
+    a request that writes waits for the disk as it would there; without, Redis is memory only."""
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
     processes = Processes(work)
-    server = RedisServer(work / "redis").start()
+    server = RedisServer(work / "redis", appendonly=fsync is not None, appendfsync=fsync or "always").start()
     try:
         yield work, server, processes
     finally:

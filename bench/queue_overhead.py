@@ -38,8 +38,8 @@ def stages(redis_url: str) -> tuple[float, float]:
     return statistics.median(queued), statistics.median(running)
 
 
-def run(seconds: float) -> str:
-    with workspace() as (work, server, processes):
+def run(seconds: float, fsync: str = "always") -> str:
+    with workspace(fsync=fsync) as (work, server, processes):
         repository = work / "repository.yaml"
         repository.write_text(yaml.safe_dump({"models": [NOOP]}))
         settings = ferry_settings(server, work, repository)
@@ -84,9 +84,14 @@ def api_proc(processes):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--fsync", default="always",
+                        help="Redis's appendfsync: always (production, the default), everysec, or a list "
+                             "(always,everysec) to compare in one run")
     args = parser.parse_args()
     print("\nQueue overhead, noop model, 1 client, Prefer: wait (target: median under 3 ms):")
-    print(run(args.seconds))
+    for fsync in args.fsync.split(","):
+        print(f"\nRedis appendfsync {fsync}:")
+        print(run(args.seconds, fsync))
 
 
 if __name__ == "__main__":

