@@ -5,19 +5,18 @@ model's schema, so that a bad row is counted and reported, never fatal.
 """
 from __future__ import annotations
 
-import atexit
 import csv
 import json
 import logging
-import os
 import threading
-import time
 
 import orjson
 from pathlib import Path
 from typing import Iterator
 
 from marshmallow import Schema, ValidationError
+
+from tasks.flushing import PeriodicFlush
 
 from models.cache import canonical_json
 from models.declaration import ModelSpec
@@ -143,7 +142,7 @@ class PopularityCounter:
         self._pending: dict[str, dict[str, list]] = {}  # sorted set -> input's id -> [n, member]
         self._distinct = 0
         self._redis = None
-        self._flusher_pid = None
+        self._flusher = PeriodicFlush(self.flush, flush_every_s, "popularity counts")
 
     def count(self, pipe, model: str, version: str, validated_input: dict) -> None:
         """Queue the count on `pipe` (a pipeline or a client): written now, not buffered."""
@@ -163,8 +162,7 @@ class PopularityCounter:
         key = popular_key(self.prefix, model, version)
         with self._lock:
             self._redis = redis
-            if self._flusher_pid != os.getpid():  # first use in this (forked) process
-                self._start_flusher()
+            self._flusher.ensure_running()
             inputs = self._pending.setdefault(key, {})
             seen = inputs.get(ident)
             if seen is not None:
@@ -196,19 +194,3 @@ class PopularityCounter:
             pipe.zremrangebyrank(key, 0, -(self.max_entries + 1))
         pipe.execute()
 
-    def _start_flusher(self) -> None:
-        self._flusher_pid = os.getpid()
-        threading.Thread(target=self._flush_forever, name="popularity-flush", daemon=True).start()
-        atexit.register(self._flush_quietly)
-
-    def _flush_forever(self) -> None:
-        pid = os.getpid()
-        while self._flusher_pid == pid:
-            time.sleep(self.flush_every_s)
-            self._flush_quietly()
-
-    def _flush_quietly(self) -> None:
-        try:
-            self.flush()
-        except Exception as exc:  # noqa: BLE001 - counts are approximate; never let them break the API
-            log.warning("popularity counts dropped: %s", exc)

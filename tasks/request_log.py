@@ -10,12 +10,10 @@ stays one read: at most `flush_s` of hits is lost if the process dies.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import threading
 import time
 
-log = logging.getLogger(__name__)
+from tasks.flushing import PeriodicFlush
 
 
 class RequestLog:
@@ -26,7 +24,7 @@ class RequestLog:
         self.flush_s = flush_s
         self._waiting: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
-        self._flusher_pid: int | None = None
+        self._flusher = PeriodicFlush(self.flush, flush_s, "request log entries")
 
     def key(self, model: str) -> str:
         return f"{self.prefix}model-log:{model}"
@@ -42,9 +40,7 @@ class RequestLog:
             return
         with self._lock:
             self._waiting.append((model, _entry(**entry)))
-            if self._flusher_pid != os.getpid():  # once per process, and again after a fork
-                self._flusher_pid = os.getpid()
-                threading.Thread(target=self._flush_forever, name="ferry-request-log", daemon=True).start()
+        self._flusher.ensure_running()
 
     def flush(self) -> None:
         with self._lock:
@@ -58,14 +54,6 @@ class RequestLog:
         for model, entries in by_model.items():
             self._write(pipe, model, entries)
         pipe.execute()
-
-    def _flush_forever(self) -> None:
-        while True:
-            time.sleep(self.flush_s)
-            try:
-                self.flush()
-            except Exception as exc:  # Redis away: those entries are lost, the log is best effort
-                log.warning("could not write the request log: %s", exc)
 
     def _write(self, pipe, model: str, entries: list[dict]) -> None:
         pipe.lpush(self.key(model), *(json.dumps(entry, separators=(",", ":")) for entry in entries))

@@ -1,0 +1,41 @@
+"""Writes an API process keeps a moment and sends together, off the request path, so that
+a cache hit waits for no Redis write (nor its fsync)."""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+
+class PeriodicFlush:
+    """Calls `flush` every `every_s` from a daemon thread of each process that asks for it
+    (`ensure_running`, again after a fork), and once at exit. A flush that fails (Redis
+    away) is logged and its writes dropped: what is deferred this way is best effort."""
+
+    def __init__(self, flush: Callable[[], None], every_s: float, what: str):
+        self.flush, self.every_s, self.what = flush, every_s, what
+        self._pid: int | None = None
+
+    def ensure_running(self) -> None:
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        threading.Thread(target=self._forever, name=f"ferry-flush-{self.what}", daemon=True).start()
+        atexit.register(self.quietly)
+
+    def _forever(self) -> None:
+        pid = os.getpid()
+        while self._pid == pid:
+            time.sleep(self.every_s)
+            self.quietly()
+
+    def quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception as exc:  # never let deferred writes break the process
+            log.warning("%s dropped: %s", self.what, exc)
