@@ -12,7 +12,8 @@ def canonical_json(value) -> str:
 
 
 def input_digest(value) -> str:
-    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+    """sha256 of `canonical_json(value)`, hashed from orjson's bytes as they come."""
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 # One SET ... EX per key. Sent as one command, the keys and outputs cost the client a

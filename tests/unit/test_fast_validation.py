@@ -150,3 +150,8 @@ def test_a_huge_integer_is_an_error_not_a_crash(schemas):
     with pytest.raises(ValidationError) as error:
         schemas["digits"].load({"pixels": [10 ** 400] + [0] * 63})
     assert 0 in error.value.messages["pixels"]
+
+
+def test_finite_numbers_whose_sum_overflows_are_accepted(schemas):
+    row = {"reals": [1e308, 1e308, -1e308], "a": 1}
+    assert assert_same(schemas["mixed"], row) == "accepted"
