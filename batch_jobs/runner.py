@@ -72,7 +72,7 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
         return store.get(job_id)
     spec = ctx.registry.get(job["model"])
     schema = ctx.registry.input_schema(spec.name)
-    chunk_size = int(job["chunk_size"])
+    chunk_size, batch_size = int(job["chunk_size"]), int(job["batch_size"])
     chunk: list = []
     n_chunks, valid, invalid, errors = 0, 0, 0, []
 
@@ -94,7 +94,10 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
             # The digest is taken here, while the worker runs earlier chunks, not on the
             # worker's path between forward passes.
             chunk.append([line, validated, input_digest(validated)])
-            if len(chunk) >= chunk_size:
+            # The first chunks are one batch, then two, four...: the worker starts after one
+            # batch is read, not a whole chunk, while later chunks are large enough that the
+            # cost of a task (a message, bookkeeping in Redis) is spread over many inputs.
+            if len(chunk) >= min(chunk_size, batch_size << n_chunks):
                 flush()
         if chunk:
             flush()
