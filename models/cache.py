@@ -40,6 +40,14 @@ class PredictionCache:
         """What `key` puts before the digest: `key_prefix(m, v) + input_digest(x) == key(m, v, x)`."""
         return f"{self.prefix}cache:{model}:{version}:"
 
+    def set_many(self, keys: list[str], encoded_outputs: list[str], ttl_s: int) -> None:
+        """`set` for many keys in one round trip and one command."""
+        if ttl_s <= 0 or not keys:
+            return
+        if self._set_many is None:
+            self._set_many = self.redis.register_script(_SET_MANY)
+        self._set_many(keys=keys, args=[ttl_s, *encoded_outputs])
+
     def get(self, key: str, *, also=None) -> dict | None:
         """The cached output, or None. `also(pipe)` may queue more commands, which then
         ride the same round trip as the read."""
@@ -60,11 +68,3 @@ class PredictionCache:
         if ttl_s <= 0:
             return
         (pipe or self.redis).set(key, encoded_output, ex=ttl_s)
-
-    def set_many(self, keys: list[str], encoded_outputs: list[str], ttl_s: int) -> None:
-        """`set` for many keys in one round trip and one command."""
-        if ttl_s <= 0 or not keys:
-            return
-        if self._set_many is None:
-            self._set_many = self.redis.register_script(_SET_MANY)
-        self._set_many(keys=keys, args=[ttl_s, *encoded_outputs])
