@@ -11,6 +11,7 @@ import time
 
 from batch_jobs import sources
 from batch_jobs.store import CANCELED, FAILED, FINISHED, PLANNING, QUEUED, RUNNING, SUCCEEDED, BatchJobStore
+from models.cache import input_digest
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
         return store.get(job_id)
     spec = ctx.registry.get(job["model"])
     schema = ctx.registry.input_schema(spec.name)
-    chunk_size = int(job["chunk_size"])
+    chunk_size, batch_size = int(job["chunk_size"]), int(job["batch_size"])
     chunk: list = []
     n_chunks, valid, invalid, errors = 0, 0, 0, []
 
@@ -90,8 +91,13 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
                     errors.append({"line": line, "error": error})
                 continue
             valid += 1
-            chunk.append([line, validated])
-            if len(chunk) >= chunk_size:
+            # The digest is taken here, while the worker runs earlier chunks, not on the
+            # worker's path between forward passes.
+            chunk.append([line, validated, input_digest(validated)])
+            # The first chunks are one batch, then two, four...: the worker starts after one
+            # batch is read, not a whole chunk, while later chunks are large enough that the
+            # cost of a task (a message, bookkeeping in Redis) is spread over many inputs.
+            if len(chunk) >= min(chunk_size, batch_size << n_chunks):
                 flush()
         if chunk:
             flush()
@@ -122,24 +128,31 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
     ctx.pool.get(spec)  # load the model before a run is counted
     store.count_run(job_id, number)
     batch_size, ttl = int(job["batch_size"]), int(job["cache_ttl_s"])
+    key_prefix = ctx.cache.key_prefix(spec.name, spec.version)
     ok, failed, errors = 0, 0, []
-    pipe = ctx.redis.pipeline(transaction=False)
     for start in range(0, len(items), batch_size):
         if start and store.get(job_id).get("status") == CANCELED:
             return CANCELED
         batch = items[start:start + batch_size]
-        for (line, item), (output, error) in zip(batch, ctx.pool.predict(spec, [item for _, item in batch])):
+        keys, outputs = [], []
+        for item, (output, error) in zip(batch, ctx.pool.predict(spec, [item[1] for item in batch])):
             if error is None:
-                ctx.cache.set(ctx.cache.key(spec.name, spec.version, item), output, ttl, pipe=pipe)
-                ok += 1
+                keys.append(key_prefix + _digest(item))
+                outputs.append(output)
             else:
-                failed += 1
-                errors.append({"line": line, "error": error})
-        pipe.execute()
+                errors.append({"line": item[0], "error": error})
+        ctx.cache.set_many(keys, outputs, ttl)
+        ok += len(keys)
+        failed += len(batch) - len(keys)
     store.record_errors(job_id, errors)
     if store.finish_chunk(job_id, number, ok, failed):
         _finish_if_complete(store, job_id)
     return "done"
+
+
+def _digest(item: list) -> str:
+    # Chunks planned before digests were stored hold [line, input] only.
+    return item[2] if len(item) > 2 else input_digest(item[1])
 
 
 def _finish_if_complete(store: BatchJobStore, job_id: str) -> None:
@@ -198,9 +211,9 @@ def results(job_id: str, ctx):
     errors = {error["line"]: error["error"] for error in store.errors(job_id)}
     for number in range(int(job.get("n_chunks") or 0)):
         items = store.chunk_items(job_id, number) or []
-        keys = [ctx.cache.key(spec_name, version, item) for _, item in items]
-        outputs = ctx.redis.mget(keys) if keys else []
-        for (line, item), raw in zip(items, outputs):
+        key_prefix = ctx.cache.key_prefix(spec_name, version)
+        outputs = ctx.redis.mget([key_prefix + _digest(item) for item in items]) if items else []
+        for (line, item, *_), raw in zip(items, outputs):
             row = {"line": line, "input": item}
             if raw is not None:
                 row["output"] = json.loads(raw)

@@ -106,6 +106,8 @@ class SourceRowError:
 
 def validated_rows(rows, schema: Schema):
     """Yield `(line, validated_input, None)` or `(line, None, error message)`."""
+    # Same result and messages as `load`, a fraction of its cost (models.schemas.InputSchema).
+    load = getattr(schema, "load_fast", schema.load)
     for line_no, raw in rows:
         if isinstance(raw, SourceRowError):
             yield line_no, None, raw.message
@@ -114,7 +116,7 @@ def validated_rows(rows, schema: Schema):
             yield line_no, None, "Each row must be a JSON object of the model's input fields."
             continue
         try:
-            yield line_no, schema.load(raw), None
+            yield line_no, load(raw), None
         except ValidationError as exc:
             yield line_no, None, json.dumps(exc.messages, sort_keys=True)
 

@@ -1,7 +1,8 @@
 """Batch jobs in Redis.
 
     {prefix}batch:{id}              hash: the job (model, source, options, status, counts, times)
-    {prefix}batch:{id}:chunk:{n}    JSON list of [line, validated input], written when planned
+    {prefix}batch:{id}:chunk:{n}    JSON list of [line, validated input, sha256 of its canonical JSON],
+                                    written when planned (older chunks lack the digest)
     {prefix}batch:{id}:done         hash: chunk -> {"ok", "failed"}, written once per chunk
     {prefix}batch:{id}:runs         hash: chunk -> times its model run started (resume audit)
     {prefix}batch:{id}:errors       list: a sample of {"line", "error"}, capped

@@ -29,6 +29,7 @@ from tasks.context import WorkerContext  # noqa: E402
 from tasks.heartbeat import live_queues  # noqa: E402
 from tasks.senders import CelerySender  # noqa: E402
 from tasks.settings import Settings  # noqa: E402
+from bench.harness import cpu_seconds  # noqa: E402
 from tests.processes import RedisServer, start_worker, stop_group, wait_for  # noqa: E402
 
 WORDS = ("ferry river model server queue worker cache night batch input output fast small large "
@@ -48,33 +49,47 @@ def digits_inputs(n: int, rng: np.random.Generator) -> list[dict]:
     return [{"pixels": [float(v) for v in row]} for row in np.clip(picks, 0, 16)]
 
 
-def in_process(spec, inputs: list[dict], batch_size: int) -> float:
+def in_process(spec, inputs: list[dict], batch_size: int) -> tuple[float, float]:
+    """Inputs per second, and CPU seconds per input (all of this process's threads)."""
     model = instantiate(spec)
     model.setup("cpu")
     model.predict(inputs[:batch_size])  # warm-up, as the worker's first chunk also pays it
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(inputs), batch_size):
         model.predict(inputs[start:start + batch_size])
-    return len(inputs) / (time.perf_counter() - started)
+    return len(inputs) / (time.perf_counter() - started), (time.process_time() - cpu) / len(inputs)
 
 
-def through_ferry(ctx, sender, model: str, path: Path, chunk_size: int, batch_size: int) -> tuple[float, dict]:
+def through_ferry(ctx, sender, model: str, path: Path, chunk_size: int, batch_size: int,
+                  worker, redis_server) -> tuple[float, dict, dict]:
+    """Inputs per second, the job's progress, and CPU seconds per input of each process:
+    the planner (this one), the worker and Redis. CPU time, unlike the rate, is much the
+    same on a busy machine as on a quiet one."""
+    cpu = {"planner": time.process_time(), "worker": cpu_seconds(worker), "redis": cpu_seconds(redis_server.proc)}
     started = time.perf_counter()
     job = runner.create_job(ctx, model=model, source={"type": "jsonl", "path": str(path)}, chunk_size=chunk_size,
                             batch_size=batch_size, origin="bench", confined=False)
     runner.plan_job(job["id"], ctx, sender.send_chunk)
+    planned = time.process_time()
     store = runner.job_store(ctx)
     wait_for(lambda: store.get(job["id"])["status"] in ("succeeded", "failed", "canceled"), 3600, "batch job")
     elapsed = time.perf_counter() - started
     progress = store.progress(store.get(job["id"]))
-    return progress["done"] / elapsed, progress
+    done = max(progress["done"], 1)
+    used = {"planner": (planned - cpu["planner"]) / done,
+            "worker": (cpu_seconds(worker) - cpu["worker"]) / done,
+            "redis": (cpu_seconds(redis_server.proc) - cpu["redis"]) / done}
+    return progress["done"] / elapsed, progress, used
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minilm", type=int, default=5000)
     parser.add_argument("--digits", type=int, default=50000)
-    parser.add_argument("--chunk-size", type=int, default=1000)
+    # Eight batches a chunk: for a cheap model a task's own cost (its message, a dozen Redis
+    # round trips) is otherwise a sizeable share of a chunk's (digits on a 2-core machine:
+    # 0.27 of the baseline with chunks of 1000, 0.40 with 4096 and the planner's ramp-up).
+    parser.add_argument("--chunk-size", type=int, default=None, help="default: 8 batches")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
@@ -99,18 +114,23 @@ def main() -> None:
             # in-process baseline also excludes loading.
             warm = work / f"{name}-warm.jsonl"
             warm.write_text("".join(json.dumps(item) + "\n" for item in inputs[-batch_size:]))
-            through_ferry(ctx, sender, name, warm, args.chunk_size, batch_size)
-            baseline = in_process(registry.get(name), inputs, batch_size)
-            ferry, progress = through_ferry(ctx, sender, name, path, args.chunk_size, batch_size)
-            rows.append((name, len(inputs), batch_size, baseline, ferry, progress))
+            chunk_size = args.chunk_size or 8 * batch_size
+            through_ferry(ctx, sender, name, warm, chunk_size, batch_size, worker, server)
+            baseline, baseline_cpu = in_process(registry.get(name), inputs, batch_size)
+            ferry, progress, used = through_ferry(ctx, sender, name, path, chunk_size, batch_size, worker, server)
+            rows.append((name, len(inputs), batch_size, baseline, ferry, progress, baseline_cpu, used))
     finally:
         stop_group(worker)
         server.stop()
 
     print(f"\n{'model':<8} {'inputs':>7} {'batch':>6} {'in-process/s':>13} {'ferry/s':>9} {'ratio':>6}  cached")
-    for name, n, batch_size, baseline, ferry, progress in rows:
+    for name, n, batch_size, baseline, ferry, progress, *_ in rows:
         print(f"{name:<8} {n:>7} {batch_size:>6} {baseline:>13.0f} {ferry:>9.0f} {ferry / baseline:>6.2f}  "
               f"{progress['done']}/{progress['valid']}")
+    print(f"\nCPU µs per input: {'in-process':>10} {'planner':>8} {'worker':>7} {'redis':>6} {'ferry total':>11}")
+    for name, *_, baseline_cpu, used in rows:
+        print(f"{name:<17} {baseline_cpu * 1e6:>10.1f} {used['planner'] * 1e6:>8.1f} {used['worker'] * 1e6:>7.1f} "
+              f"{used['redis'] * 1e6:>6.1f} {sum(used.values()) * 1e6:>11.1f}")
 
 
 if __name__ == "__main__":

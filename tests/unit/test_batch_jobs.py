@@ -271,3 +271,29 @@ def test_nightly_schedule_comes_from_the_configuration(tmp_path):
     assert "batch-watchdog" in schedule
     assert nightly_job(settings, "n1") == {"model": "minilm", "source": {"type": "popular", "top_n": 5}}
     assert "nightly-popular-minilm" in beat_schedule(Settings())
+
+
+def test_first_chunks_grow_from_one_batch_so_workers_start_early(ctx, inputs_dir):
+    write_jsonl(inputs_dir / "in.jsonl", [{"x": n} for n in range(20)])
+    job = runner.create_job(ctx, model="picky", source={"type": "jsonl", "path": "in.jsonl"}, chunk_size=8,
+                            batch_size=2)
+    chunks = run_inline(ctx, job["id"])
+    store = runner.job_store(ctx)
+    assert [len(store.chunk_items(job["id"], number)) for number in chunks] == [2, 4, 8, 6]
+    assert store.progress(store.get(job["id"]))["done"] == 20
+    rows = list(runner.results(job["id"], ctx))
+    assert [row["line"] for row in rows] == list(range(1, 21))
+    assert all(row["output"] == {"double": 2.0 * row["input"]["x"]} for row in rows)
+
+
+def test_chunks_planned_without_digests_still_run(ctx, inputs_dir):
+    # Chunks written before digests were stored hold [line, input] only.
+    write_jsonl(inputs_dir / "in.jsonl", [{"x": 1}, {"x": 2}])
+    job = runner.create_job(ctx, model="picky", source={"type": "jsonl", "path": "in.jsonl"})
+    pending = []
+    runner.plan_job(job["id"], ctx, lambda _job, number: pending.append(number))
+    store = runner.job_store(ctx)
+    store.write_chunk(job["id"], 0, [item[:2] for item in store.chunk_items(job["id"], 0)])
+    runner.run_chunk(job["id"], 0, ctx)
+    assert ctx.cache.get(ctx.cache.key("picky", "1", {"x": 2.0})) == {"double": 4.0}
+    assert [row["output"] for row in runner.results(job["id"], ctx)] == [{"double": 2.0}, {"double": 4.0}]
