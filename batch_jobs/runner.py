@@ -12,6 +12,7 @@ import time
 from batch_jobs import sources
 from batch_jobs.store import CANCELED, FAILED, FINISHED, PLANNING, QUEUED, RUNNING, SUCCEEDED, BatchJobStore
 from models.cache import input_digest
+from models.registry import UnknownModel
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,31 @@ def create_job(ctx, *, model: str, source: dict, chunk_size: int | None = None, 
                cache_ttl_s: int | None = None, origin: str = "api", confined: bool = True) -> dict:
     spec = ctx.registry.get(model)
     return job_store(ctx).create(
-        model=spec.name, version=spec.version, source=check_source(source, ctx, confined=confined),
+        model=spec.name, version=spec.version, revision=spec.revision,
+        source=check_source(source, ctx, confined=confined),
         chunk_size=chunk_size or ctx.settings.batch_chunk_size,
         batch_size=batch_size or max(spec.max_batch_size, 32),
         cache_ttl_s=ctx.settings.batch_cache_ttl_s if cache_ttl_s is None else cache_ttl_s,
         origin=origin,
     )
+
+
+def _job_spec(ctx, store, job: dict):
+    """The model version the job was created for (a job never switches to a new default
+    midway), or None once the job is failed because that version is no longer served."""
+    try:
+        spec = ctx.registry.get(job["model"], job["version"])
+        if spec.revision == job.get("revision", ""):
+            return spec
+    except UnknownModel:
+        pass
+    store.set_status_unless_finished(job["id"], FAILED, finished_at=repr(time.time()),
+                                     error=f"Model {job['model']!r} version {job['version']!r} is not served any more.")
+    return None
+
+
+def _cache_version(job: dict) -> str:
+    return f"{job['version']}+{job['revision']}" if job.get("revision") else job["version"]
 
 
 def _rows(job: dict, spec, ctx):
@@ -70,8 +90,10 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
     now = repr(time.time())
     if not store.set_status_unless_finished(job_id, PLANNING, started_at=now, progress_at=now):
         return store.get(job_id)
-    spec = ctx.registry.get(job["model"])
-    schema = ctx.registry.input_schema(spec.name)
+    spec = _job_spec(ctx, store, job)
+    if spec is None:
+        return store.get(job_id)
+    schema = ctx.registry.input_schema(spec.name, spec.version)
     chunk_size, batch_size = int(job["chunk_size"]), int(job["batch_size"])
     chunk: list = []
     n_chunks, valid, invalid, errors = 0, 0, 0, []
@@ -124,11 +146,13 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
     items = store.chunk_items(job_id, number)
     if items is None:
         return "missing"
-    spec = ctx.registry.get(job["model"])
+    spec = _job_spec(ctx, store, job)
+    if spec is None:
+        return FAILED
     ctx.pool.get(spec)  # load the model before a run is counted
     store.count_run(job_id, number)
     batch_size, ttl = int(job["batch_size"]), int(job["cache_ttl_s"])
-    key_prefix = ctx.cache.key_prefix(spec.name, spec.version)
+    key_prefix = ctx.cache.key_prefix(spec.name, spec.cache_version)
     ok, failed, errors = 0, 0, []
     for start in range(0, len(items), batch_size):
         if start and store.get(job_id).get("status") == CANCELED:
@@ -207,7 +231,7 @@ def results(job_id: str, ctx):
     """Yield one dict per valid input, in source order: line, input, and output or error."""
     store = job_store(ctx)
     job = store.get(job_id)
-    spec_name, version = job["model"], job["version"]
+    spec_name, version = job["model"], _cache_version(job)
     errors = {error["line"]: error["error"] for error in store.errors(job_id)}
     for number in range(int(job.get("n_chunks") or 0)):
         items = store.chunk_items(job_id, number) or []

@@ -39,13 +39,15 @@ class BatchJobStore:
         return f"{self.prefix}batch-jobs"
 
     def create(self, *, model: str, version: str, source: dict, chunk_size: int, batch_size: int,
-               cache_ttl_s: int, origin: str) -> dict:
+               cache_ttl_s: int, origin: str, revision: str = "") -> dict:
         now = time.time()
         job = {
             "id": uuid.uuid4().hex, "model": model, "version": version, "source": json.dumps(source),
             "chunk_size": chunk_size, "batch_size": batch_size, "cache_ttl_s": cache_ttl_s,
             "origin": origin, "status": QUEUED, "created_at": repr(now),
         }
+        if revision:  # a model registered at run time: this registration of it
+            job["revision"] = revision
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.key(job["id"]), mapping=job)
         pipe.expire(self.key(job["id"]), self.ttl_s)

@@ -20,6 +20,7 @@ MODEL_KINDS = ("torch", "http", "subprocess")
 # Inputs are bounded even when the declaration forgets to bound them.
 DEFAULT_MAX_LENGTH = 10_000
 DEFAULT_MAX_IMAGE_LENGTH = 1_500_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +176,10 @@ def _field_spec(name: str, decl: dict) -> FieldSpec:
     length = decl.pop("length")
     if length is not None:
         decl["min_length"] = decl["max_length"] = length
+    if "integer" in (decl["type"], decl["items"]):
+        # Beyond 64 bits no JSON encoder downstream (orjson, the cache key's) takes the number.
+        decl["min"] = INT64_MIN if decl["min"] is None else max(decl["min"], INT64_MIN)
+        decl["max"] = INT64_MAX if decl["max"] is None else min(decl["max"], INT64_MAX)
     if decl["max_length"] is None and decl["type"] in ("string", "array", "image"):
         decl["max_length"] = DEFAULT_MAX_IMAGE_LENGTH if decl["type"] == "image" else DEFAULT_MAX_LENGTH
     return FieldSpec(name=name, **decl)

@@ -115,7 +115,10 @@ class NumberArray(fields.Field):
             return SLOW
         if self.integer or types == _FLOATS:
             return value
-        return list(map(float, value))
+        try:
+            return list(map(float, value))
+        except OverflowError:  # huge ints that cancel out in the sum: item by item decides
+            return SLOW
 
     def _item_errors(self, value: list) -> dict:
         errors = {}

@@ -297,3 +297,29 @@ def test_chunks_planned_without_digests_still_run(ctx, inputs_dir):
     runner.run_chunk(job["id"], 0, ctx)
     assert ctx.cache.get(ctx.cache.key("picky", "1", {"x": 2.0})) == {"double": 4.0}
     assert [row["output"] for row in runner.results(job["id"], ctx)] == [{"double": 2.0}, {"double": 4.0}]
+
+
+def test_a_job_keeps_the_version_it_was_created_for_and_fails_clearly_once_it_is_gone(fake_redis, tmp_path,
+                                                                                          inputs_dir):
+    specs = parse_repository({"models": [declaration("echo", "Echo", version="1"),
+                                         declaration("echo", "Echo", version="2", default=True)]})
+    settings = Settings(redis_url="redis://unused:1/0", data_dir=str(tmp_path), batch_chunk_size=4)
+    ctx = WorkerContext.build(settings, fake_redis, Registry(specs))
+    write_jsonl(inputs_dir / "in.jsonl", [{"x": 1}, {"x": 2}])
+    store = runner.job_store(ctx)
+    job = runner.create_job(ctx, model="echo", source={"type": "jsonl", "path": "in.jsonl"})
+    assert job["version"] == "2"
+    # The repository's default moves to version 1 (a new deployment) before the job runs.
+    ctx.registry = Registry(parse_repository({"models": [declaration("echo", "Echo", version="1", default=True),
+                                                         declaration("echo", "Echo", version="2")]}))
+    run_inline(ctx, job["id"])
+    assert store.get(job["id"])["status"] == "succeeded"
+    assert ctx.cache.get(ctx.cache.key("echo", "2", {"x": 1.0}))["echo"] == 1.0
+    assert ctx.cache.get(ctx.cache.key("echo", "1", {"x": 1.0})) is None
+    assert [row["output"]["echo"] for row in runner.results(job["id"], ctx)] == [1.0, 2.0]
+
+    gone = runner.create_job(ctx, model="echo", source={"type": "jsonl", "path": "in.jsonl"})
+    ctx.registry = Registry(parse_repository({"models": [declaration("echo", "Echo", version="2")]}))
+    run_inline(ctx, gone["id"])
+    failed = store.get(gone["id"])
+    assert failed["status"] == "failed" and failed["error"] == "Model 'echo' version '1' is not served any more."

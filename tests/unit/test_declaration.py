@@ -193,3 +193,11 @@ def test_a_model_with_several_versions_marks_one_default():
     assert [spec.version for spec in registry.versions(first["name"])] == ["1", "2"]
     with pytest.raises(UnknownVersion):
         registry.get(first["name"], "3")
+
+
+def test_integers_are_bounded_to_64_bits_even_when_the_declaration_forgets():
+    spec = parse_repository(_model(inputs={"n": {"type": "integer", "required": True}}))[0]
+    schema = build_input_schema(spec)
+    assert schema.load({"n": 2**63 - 1}) == {"n": 2**63 - 1}
+    with pytest.raises(ValidationError):
+        schema.load({"n": 2**64})
