@@ -5,8 +5,9 @@ import importlib.util
 import logging
 import shutil
 import sys
+import threading
 
-from celery.signals import worker_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from models.remote import resolve_command
 
@@ -71,6 +72,19 @@ def refuse_cuda_before_fork(modules=sys.modules) -> None:
 @worker_init.connect
 def _check_cuda(**kwargs) -> None:
     refuse_cuda_before_fork()
+
+
+@worker_process_init.connect
+def _import_torch_early(**kwargs) -> None:
+    """Start importing torch as soon as a pool process exists (after the fork, so CUDA stays
+    untouched in the parent), instead of inside the first task, whose soft time limit a slow
+    import on a busy machine can overrun and leave half-imported. A thread, so the process
+    reports ready to its parent at once; models still load on first use."""
+    from tasks.context import current
+
+    if any(spec.kind == "torch" for spec in current().registry.file_specs):
+        threading.Thread(target=importlib.import_module, args=("models.torch_runtime",),
+                         name="ferry-import-torch", daemon=True).start()
 
 
 @worker_process_shutdown.connect

@@ -59,3 +59,19 @@ def test_a_gpu_worker_takes_the_models_declared_on_the_gpu_queue(redis_url, real
             assert "cuda:0 was asked for, but CUDA is not available" in body["error"]
     finally:
         stop_group(proc)
+
+
+def test_a_pool_process_imports_torch_before_its_first_task(redis_url, real_redis, tmp_path, repository_file,
+                                                            data_dir):
+    """So that a slow import never runs under a task's soft time limit; the parent stays clean."""
+    from tests.integration.conftest import run_worker
+
+    proc = run_worker(redis_url, real_redis, tmp_path, "idle-queue", model_repository=repository_file,
+                      data_dir=data_dir)
+    try:
+        children = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert children, "a prefork worker has pool processes"
+        wait_for(lambda: all(mapped_torch(pid) for pid in children), 120, "torch imported in the pool processes")
+        assert not mapped_torch(proc.pid)
+    finally:
+        stop_group(proc)
