@@ -130,32 +130,17 @@ class PopularityCounter:
     Popularity is approximate anyway: a process that dies loses at most its last second of
     counts, and a flush that fails (Redis away) is dropped, not retried."""
 
-    TRIM_EVERY = 64
-
     def __init__(self, prefix: str, max_entries: int, max_input_bytes: int, *, flush_every_s: float = 1.0,
                  max_pending: int = 4096):
         self.prefix = prefix
         self.max_entries = max_entries
         self.max_input_bytes = max_input_bytes
-        self.flush_every_s = flush_every_s
         self.max_pending = max_pending
-        self._calls = 0
         self._lock = threading.Lock()
         self._pending: dict[str, dict[str, list]] = {}  # sorted set -> input's id -> [n, member]
         self._distinct = 0
         self._redis = None
         self._flusher = PeriodicFlush(self.flush, flush_every_s, "popularity counts")
-
-    def count(self, pipe, model: str, version: str, validated_input: dict) -> None:
-        """Queue the count on `pipe` (a pipeline or a client): written now, not buffered."""
-        member = canonical_json(validated_input)
-        if len(member) > self.max_input_bytes:
-            return
-        key = popular_key(self.prefix, model, version)
-        pipe.zincrby(key, 1, member)
-        self._calls += 1
-        if self._calls % self.TRIM_EVERY == 0:
-            pipe.zremrangebyrank(key, 0, -(self.max_entries + 1))
 
     def add(self, redis, model: str, version: str, validated_input: dict, ident: str) -> None:
         """Count one request for `validated_input` (`ident` names it: its cache key) in the

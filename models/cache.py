@@ -48,20 +48,10 @@ class PredictionCache:
             self._set_many = self.redis.register_script(_SET_MANY)
         self._set_many(keys=keys, args=[ttl_s, *encoded_outputs])
 
-    def get(self, key: str, *, also=None) -> dict | None:
-        """The cached output, or None. `also(pipe)` may queue more commands, which then
-        ride the same round trip as the read."""
-        raw = self.get_raw(key, also=also)
+    def get(self, key: str) -> dict | None:
+        """The cached output, or None."""
+        raw = self.redis.get(key)
         return None if raw is None else orjson.loads(raw)
-
-    def get_raw(self, key: str, *, also=None) -> str | None:
-        """The cached output as stored (JSON text), or None; `also` as in `get`."""
-        if also is None:
-            return self.redis.get(key)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(key)
-        also(pipe)
-        return pipe.execute()[0]
 
     def set(self, key: str, encoded_output: str, ttl_s: int, *, pipe=None) -> None:
         """Store an output already encoded by `models.base.encode_output`."""

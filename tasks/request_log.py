@@ -21,7 +21,6 @@ class RequestLog:
         self.redis = redis
         self.prefix = prefix
         self.max_entries = max_entries
-        self.flush_s = flush_s
         self._waiting: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
         self._flusher = PeriodicFlush(self.flush, flush_s, "request log entries")

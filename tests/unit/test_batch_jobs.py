@@ -165,22 +165,25 @@ def test_bad_sources_are_refused_up_front(ctx, source, complaint):
         runner.create_job(ctx, model="echo", source=source)
 
 
+def count(counter, redis, model: str, value) -> None:
+    counter.add(redis, model, "1", {"x": value}, f"{model}:{value}")
+    counter.flush()
+
+
 def test_popular_inputs_are_counted_in_bounded_memory(fake_redis):
-    counter = sources.PopularityCounter("ferry:", max_entries=3, max_input_bytes=50)
+    counter = sources.PopularityCounter("ferry:", max_entries=3, max_input_bytes=50, flush_every_s=3600)
     for value in [1, 1, 1, 2, 2, 3, 4, 5, 6] * 8:
-        pipe = fake_redis.pipeline()
-        counter.count(pipe, "m", "1", {"x": value})
-        pipe.execute()
-    counter.count(fake_redis, "m", "1", {"x": "y" * 100})  # too large to count
+        count(counter, fake_redis, "m", value)
+    count(counter, fake_redis, "m", "y" * 100)  # too large to count
     members = fake_redis.zrevrange("ferry:popular:m:1", 0, -1, withscores=True)
-    assert len(members) <= 3 + sources.PopularityCounter.TRIM_EVERY
+    assert len(members) <= 3
     assert members[0] == ('{"x":1}', 24.0)
 
 
 def test_popular_source_precomputes_the_top_inputs(ctx):
-    counter = sources.PopularityCounter("ferry:", 100, 4096)
+    counter = sources.PopularityCounter("ferry:", 100, 4096, flush_every_s=3600)
     for value in [1.0, 1.0, 1.0, 2.0, 2.0, 3.0]:
-        counter.count(ctx.redis, "echo", "1", {"x": value})
+        count(counter, ctx.redis, "echo", value)
     job = runner.create_job(ctx, model="echo", source={"type": "popular", "top_n": 2})
     run_inline(ctx, job["id"])
     assert [row["input"] for row in runner.results(job["id"], ctx)] == [{"x": 1.0}, {"x": 2.0}]
