@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.cli import api_command  # noqa: E402
 from tasks.settings import Settings  # noqa: E402
-from tests.processes import BIN, RedisServer, ferry_env, free_port, stop_group, wait_for  # noqa: E402
+from tests.processes import BIN, RedisServer, ferry_env, free_port, http_ok, stop_group, wait_for  # noqa: E402,F401
 
 LUA = Path(__file__).resolve().parent / "post.lua"
 
@@ -63,14 +63,6 @@ def wrk(url: str, body: str, clients: int, seconds: float, headers: dict | None 
     return Load(clients=clients, seconds=raw["duration_us"] / 1e6, ok=raw["ok"], not_200=raw["not_200"],
                 socket_errors=raw["socket_errors"], p50_ms=raw["p50_us"] / 1000, p90_ms=raw["p90_us"] / 1000,
                 p99_ms=raw["p99_us"] / 1000)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def warm_up(url: str, body: str, headers: dict, timeout_s: float = 300) -> None:

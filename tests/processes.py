@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import redis
@@ -120,3 +121,19 @@ def start_worker(redis_url: str, log_path: Path, queues: str = "realtime-cpu", c
          "--queues", queues, "--concurrency", str(concurrency), "--pool", pool, "--hostname", f"test-{os.getpid()}-{free_port()}@%h"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_iris_server(port: int) -> subprocess.Popen:
+    """The README's example http model server (models/examples/iris_server.py), answering."""
+    proc = subprocess.Popen([sys.executable, "-m", "models.examples.iris_server", "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 60, "iris model server", proc)
+    return proc

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import API_KEY
-from tests.processes import BIN, ROOT, ferry_env, wait_for
+from tests.processes import BIN, ROOT, ferry_env, start_iris_server, stop_group, wait_for
 from tests.support import digit_png_base64
 
 pytestmark = pytest.mark.e2e
@@ -213,10 +213,8 @@ def test_flower_shows_predictions_by_model_and_id(stack):
 def test_the_readmes_http_model_registers_serves_and_goes(stack):
     """`Adding a model`: the example iris server, registered over HTTP while Ferry runs."""
     http, api, port = stack["http"], stack["api"], stack["model_port"]
-    server = subprocess.Popen([str(BIN / "python"), "-m", "models.examples.iris_server", "--port", str(port)],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = start_iris_server(port)
     try:
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health"), 60, "iris server", server)
         fields = {name: {"type": "number", "required": True, "min": 0, "max": 20}
                   for name in ("sepal_length", "sepal_width", "petal_length", "petal_width")}
         created = http.post(f"{api}/models", json={"name": "iris", "kind": "http", "version": "1",
@@ -237,12 +235,5 @@ def test_the_readmes_http_model_registers_serves_and_goes(stack):
         assert http.delete(f"{api}/models/iris", timeout=10).status_code == 204
         assert http.get(f"{api}/models/iris", timeout=10).status_code == 404
     finally:
-        server.terminate()
-        server.wait(10)
+        stop_group(server)
 
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).ok
-    except requests.ConnectionError:
-        return False

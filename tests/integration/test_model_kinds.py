@@ -3,19 +3,16 @@ dies and comes back, an http model server registered at run time (two versions),
 failing queued predictions, and the model pool's routing, eviction and report."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from tests.auth import authorize
 from tests.fake_models import declaration
 from tests.integration.conftest import build_live_app, run_worker
-from tests.processes import ROOT, free_port, stop_group, wait_for
+from tests.processes import free_port, start_iris_server, stop_group, wait_for
 
 pytestmark = pytest.mark.integration
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -68,17 +65,8 @@ def test_a_subprocess_model_that_dies_fails_that_request_clearly_and_is_restarte
 @pytest.fixture(scope="module")
 def iris_server():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "models.examples.iris_server", "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_iris_server(port)
     base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return requests.get(f"{base}/health", timeout=1).ok
-        except requests.ConnectionError:
-            return False
-
-    wait_for(up, 60, "iris model server", proc)
     yield base, port
     stop_group(proc)
 
