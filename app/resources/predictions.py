@@ -98,6 +98,11 @@ def cache_hits_first(view):
 
     @functools.wraps(view)
     def wrapper(*args, name: str, **kwargs):
+        # A request with an `Idempotency-Key` goes to the view, which checks the key before
+        # answering from the cache.
+        if not request.is_json or "Idempotency-Key" in request.headers:
+            ratelimit.settle()
+            return view(*args, name=name, **kwargs)
         seen = _seen_body(name)
         known = _HIT_BODIES.get(seen) if seen is not None else None
         if known is not None:
@@ -135,8 +140,6 @@ _HIT_BODIES_MAX, _HIT_BODY_BYTES = 1024, 4096
 
 
 def _seen_body(name: str) -> tuple[str, bytes] | None:
-    if not request.is_json or "Idempotency-Key" in request.headers:
-        return None
     body = request.get_data(cache=True)
     return (name, body) if len(body) <= _HIT_BODY_BYTES else None
 
@@ -150,10 +153,7 @@ def _still_serves(name: str, asked: str | None, spec) -> bool:
 
 def _glance(name: str) -> tuple[object, dict] | None:
     """The model version and validated input of a plain `{"input": {...}}` JSON body (with
-    an optional `"version"`), or None. A request with an `Idempotency-Key` goes to the view,
-    which checks the key before answering from the cache."""
-    if not request.is_json or "Idempotency-Key" in request.headers:
-        return None
+    an optional `"version"`), or None."""
     try:
         body = orjson.loads(request.get_data(cache=True))
     except orjson.JSONDecodeError:
