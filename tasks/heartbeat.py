@@ -18,21 +18,27 @@ def workers_key(prefix: str) -> str:
     return f"{prefix}workers"
 
 
+def fresh_entries(redis, key: str, seen_field: str, max_age_s: float, forget_after_s: float) -> list[dict]:
+    """The JSON entries of hash `key` whose `seen_field` is at most `max_age_s` old; those
+    older than `forget_after_s` (a process that died without saying goodbye) are deleted."""
+    now = time.time()
+    fresh, gone = [], []
+    for field, raw in redis.hgetall(key).items():
+        entry = json.loads(raw)
+        age = now - entry[seen_field]
+        if age <= max_age_s:
+            fresh.append(entry)
+        elif age > forget_after_s:
+            gone.append(field)
+    if gone:
+        redis.hdel(key, *gone)
+    return fresh
+
+
 def live_queues(redis, prefix: str, max_age_s: float) -> set[str]:
     """Queues that at least one worker with a fresh heartbeat consumes."""
-    now = time.time()
-    queues: set[str] = set()
-    gone = []
-    for worker, raw in redis.hgetall(workers_key(prefix)).items():
-        beat = json.loads(raw)
-        age = now - beat["last_seen"]
-        if age <= max_age_s:
-            queues.update(beat["queues"])
-        elif age > 60 * max_age_s:
-            gone.append(worker)  # a worker that died without saying goodbye
-    if gone:
-        redis.hdel(workers_key(prefix), *gone)
-    return queues
+    beats = fresh_entries(redis, workers_key(prefix), "last_seen", max_age_s, 60 * max_age_s)
+    return {queue for beat in beats for queue in beat["queues"]}
 
 
 def _beat_forever(redis, prefix: str, hostname: str, queues: list[str], interval_s: float) -> None:

@@ -23,6 +23,7 @@ import time
 from models.base import predict_isolated
 from models.declaration import ModelSpec
 from models.registry import instantiate
+from tasks.heartbeat import fresh_entries
 from tasks.leases import worker_name
 
 log = logging.getLogger(__name__)
@@ -238,14 +239,5 @@ class ModelPool:
 def where_loaded(redis, prefix: str, model: str, max_age_s: float) -> list[dict]:
     """The worker processes holding `model` now, as they last reported; stale entries (a
     process that died) are dropped."""
-    key = loaded_key(prefix, model)
-    now, found, stale = time.time(), [], []
-    for field, raw in redis.hgetall(key).items():
-        entry = json.loads(raw)
-        if now - entry["seen"] > max_age_s:
-            stale.append(field)
-        else:
-            found.append(entry)
-    if stale:
-        redis.hdel(key, *stale)
+    found = fresh_entries(redis, loaded_key(prefix, model), "seen", max_age_s, max_age_s)
     return sorted(found, key=lambda entry: (entry["version"], entry["worker"]))
