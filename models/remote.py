@@ -34,6 +34,9 @@ _RETRY_LATER = {408, 425, 429, 502, 503, 504}
 _HTTP_SHARE = 0.8
 # Connection attempts per request before the error counts (then as transient).
 _CONNECT_RETRIES = 2
+# The most a model may answer for one batch (bytes over http, characters on a child's
+# stdout): a runaway answer fails its batch instead of filling the worker's memory.
+MAX_ANSWER_BYTES = 64 * 2**20
 
 
 def _outputs(answer, source: str, count: int) -> list[dict]:
@@ -65,20 +68,39 @@ class HttpModel(Model):
     def predict(self, batch: list[dict]) -> list[dict]:
         try:
             # httpx's timeouts hold per read; a server that trickles bytes meets the soft limit.
-            response = self.client.post(self.url, json={"model": self.name, "version": self.version, "inputs": batch})
+            with self.client.stream("POST", self.url,
+                                    json={"model": self.name, "version": self.version, "inputs": batch}) as response:
+                status, body = response.status_code, self._read(response)
         except httpx.TimeoutException:
             raise TransientError(f"{self.url} did not answer within {self.timeout_s:g} s.") from None
         except httpx.TransportError as exc:
             raise TransientError(f"{self.url} is unreachable ({type(exc).__name__}: {exc}).") from None
-        if response.status_code in _RETRY_LATER:
-            raise TransientError(f"{self.url} answered {response.status_code}: {response.text[:200]}")
-        if response.status_code >= 300:
-            raise RuntimeError(f"{self.url} answered {response.status_code}: {response.text[:300]}")
+        text = body[:300].decode(errors="replace")
+        if status in _RETRY_LATER:
+            raise TransientError(f"{self.url} answered {status}: {text[:200]}")
+        if status >= 300:
+            raise RuntimeError(f"{self.url} answered {status}: {text}")
         try:
-            answer = response.json()
+            answer = json.loads(body)
         except ValueError:
-            raise RuntimeError(f"{self.url} answered something that is not JSON: {response.text[:100]!r}") from None
+            raise RuntimeError(f"{self.url} answered something that is not JSON: {text[:100]!r}") from None
         return _outputs(answer, self.url, len(batch))
+
+    def _read(self, response: httpx.Response) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+            raise self._too_large(response.status_code)
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise self._too_large(response.status_code)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, status: int) -> RuntimeError:
+        return RuntimeError(f"{self.url} answered {status} with more than {MAX_ANSWER_BYTES:,} bytes; "
+                            "answers are bounded so that one cannot fill the worker's memory.")
 
     def memory_bytes(self) -> int:
         return 0  # it lives on another server
@@ -147,13 +169,17 @@ class SubprocessModel(Model):
             process.stdin.write(json.dumps({"id": request_id, "model": self.name, "version": self.version,
                                             "inputs": batch}) + "\n")
             process.stdin.flush()
-            reply = process.stdout.readline()
+            reply = process.stdout.readline(MAX_ANSWER_BYTES)
         except BrokenPipeError:
             reply = ""
         except BaseException:
             # A time limit or a cancel mid-answer: what it writes next would answer the wrong batch.
             self._stop(process)
             raise
+        if len(reply) == MAX_ANSWER_BYTES and not reply.endswith("\n"):
+            self._stop(process)  # the rest of the line is still in the pipe
+            raise RuntimeError(f"The model's process answered more than {MAX_ANSWER_BYTES:,} characters in one line; "
+                               "it is restarted for the next.")
         if not reply:
             try:
                 code = process.wait(timeout=5)

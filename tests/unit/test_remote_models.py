@@ -9,6 +9,7 @@ from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
 from models.base import TransientError, predict_isolated
+from models import remote
 from models.remote import HttpModel, SubprocessModel, resolve_command
 from models.registry import ROOT
 
@@ -76,6 +77,15 @@ def test_the_child_does_not_see_ferrys_settings(monkeypatch):
         model.close()
 
 
+def test_an_answer_past_the_bound_fails_its_batch_and_the_next_gets_a_new_process(child, monkeypatch):
+    first = child.predict([{"x": 1}])[0]["pid"]
+    monkeypatch.setattr(remote, "MAX_ANSWER_BYTES", 40)
+    with pytest.raises(RuntimeError, match="more than 40 characters"):
+        child.predict([{"x": 1}, {"x": 2}])
+    monkeypatch.setattr(remote, "MAX_ANSWER_BYTES", 64 * 2**20)
+    assert child.predict([{"x": 4}])[0] == {"double": 8, "pid": child.process.pid} and child.process.pid != first
+
+
 def test_closing_stops_the_process_for_good(child):
     process = child.process
     child.close()
@@ -96,6 +106,10 @@ def server():
         state["seen"].append(body)
         answer = state["body"] if state["body"] is not None else {"outputs": [{"y": i["x"] + 1} for i in body["inputs"]]}
         return jsonify(answer), state["status"]
+
+    @app.post("/chunked")
+    def chunked():  # no Content-Length: only counting what arrives can stop it
+        return app.response_class((b"x" * 1000 for _ in range(100)), mimetype="application/json")
 
     @app.post("/moved")
     def moved():
@@ -150,3 +164,11 @@ def test_a_wrong_number_of_outputs_fails(server):
 def test_redirects_are_not_followed(server):
     with pytest.raises(RuntimeError, match="answered 307"):
         http_model(server["url"] + "/moved").predict([{"x": 1}])
+
+
+@pytest.mark.parametrize("path", ["/predict", "/chunked"])
+def test_an_answer_past_the_bound_fails_the_batch(server, monkeypatch, path):
+    monkeypatch.setattr(remote, "MAX_ANSWER_BYTES", 50)
+    server["body"] = {"outputs": [{"y": "x" * 100}]}
+    with pytest.raises(RuntimeError, match="answered 200 with more than 50 bytes"):
+        http_model(server["url"] + path).predict([{"x": 1}])
