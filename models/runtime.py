@@ -32,8 +32,10 @@ class RegistrationError(ValueError):
 
 
 def allowed_hosts(setting: str) -> frozenset[str]:
-    """`FERRY_HTTP_MODEL_HOSTS`: comma-separated `host` or `host:port`, matched exactly."""
-    return frozenset(part.strip().lower() for part in setting.split(",") if part.strip())
+    """`FERRY_HTTP_MODEL_HOSTS`: comma-separated `host` or `host:port`, matched exactly; an
+    IPv6 address is written as in a URL (`[::1]` or `[::1]:8100`, a bare `::1` also works)."""
+    hosts = (part.strip().lower() for part in setting.split(","))
+    return frozenset(host[1:-1] if host.startswith("[") and host.endswith("]") else host for host in hosts if host)
 
 
 def check_url(url: str, hosts: frozenset[str]) -> None:
@@ -45,7 +47,7 @@ def check_url(url: str, hosts: frozenset[str]) -> None:
     if not hosts:
         raise RegistrationError("Registering http models is off: the operator has allowed no hosts "
                                 "(FERRY_HTTP_MODEL_HOSTS).", status=403)
-    if host not in hosts and f"{host}:{port}" not in hosts:
+    if host not in hosts and (f"[{host}]:{port}" if ":" in host else f"{host}:{port}") not in hosts:
         raise RegistrationError(f"Host {parts.netloc!r} is not among the hosts the operator allows for "
                                 "http models (FERRY_HTTP_MODEL_HOSTS).", status=403)
 

@@ -241,3 +241,23 @@ def test_a_host_no_longer_allowed_stops_serving_and_a_shadowed_name_yields_to_th
     runtime.register({**iris(), "name": "echo", "version": "7"}, reserved=set())  # as if the file gained it later
     shown = client.get("/models/echo").json
     assert shown["kind"] == "torch" and shown["versions"] == ["1", "2"]
+
+
+@pytest.mark.parametrize("setting, url, allowed", [
+    ("[::1]:8100", "http://[::1]:8100/v1", True),
+    ("[::1]:8100", "http://[::1]:8101/v1", False),
+    ("[::1]", "http://[::1]:9000/v1", True),
+    ("::1", "http://[::1]:9000/v1", True),
+    ("[fd00::5]:8100", "http://[::1]:8100/v1", False),
+    ("models.internal:8100", "http://models.internal:81/v1", False),
+    ("models.internal", "https://MODELS.internal/v1", True),
+])
+def test_allowed_hosts_match_exactly_ipv6_included(setting, url, allowed):
+    from models.runtime import RegistrationError, allowed_hosts, check_url
+
+    if allowed:
+        check_url(url, allowed_hosts(setting))
+    else:
+        with pytest.raises(RegistrationError) as refused:
+            check_url(url, allowed_hosts(setting))
+        assert refused.value.status == 403
