@@ -14,7 +14,9 @@ atomic script (so the budget holds across processes and machines, and a refused 
 consumes nothing), and a submit's cache read rides in that same script: a cache hit is one
 round trip. The script tells Redis not to propagate its writes (`redis.set_repl`), so the
 counters never reach the append-only file or replicas and a hit waits for no fsync. The
-counters are ephemeral: a Redis restart or a failover starts every window afresh.
+counters are ephemeral: a Redis restart or a failover starts every window afresh. A hit
+answered beneath Flask (app/fast_hits.py) has the script count it only when the cache entry
+exists, so that a miss it hands on to Flask is counted there, once.
 
 The algorithm is the sliding-window counter of the `limits` package (which parses the limits
 here): the previous window's count, weighted by how much of it still overlaps the sliding
@@ -38,15 +40,22 @@ UNLIMITED = frozenset({"health", "metrics", "api-docs", "swagger_ui_static", "da
 # A submit is counted where it reads the cache (`counted_get`), in the same round trip.
 SUBMIT = "predictions.Submissions"
 
-# KEYS[1]: the caller's counters; KEYS[2] (optional): a key to GET once the request is allowed.
-# ARGV: limit, window in ms, for each limit. Returns {0, 0, value} or {limit number, retry ms, false}.
+# KEYS[1]: the caller's counters; KEYS[2] (optional): a key to GET, returned when the request is allowed.
+# ARGV[1]: "found" to count the request only when KEYS[2] exists (else nothing is written, and
+# {-1, 0, false} returned), anything else to count it either way; then limit, window in ms, for
+# each limit. Returns {0, 0, value} or {limit number, retry ms, false}.
 # Fields per limit i: i.w (the current window's number), i.c (its count), i.p (the previous one's).
 _SCRIPT = """
 if redis.replicate_commands then redis.replicate_commands() end
 if redis.set_repl then redis.set_repl(redis.REPL_NONE) end
+local value = false
+if KEYS[2] then
+  value = redis.call('GET', KEYS[2])
+  if not value and ARGV[1] == 'found' then return {-1, 0, false} end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #ARGV / 2
+local n = (#ARGV - 1) / 2
 local fields = {}
 for i = 1, n do
   fields[#fields + 1] = i .. '.w'; fields[#fields + 1] = i .. '.c'; fields[#fields + 1] = i .. '.p'
@@ -54,7 +63,7 @@ end
 local stored = redis.call('HMGET', KEYS[1], unpack(fields))
 local update, longest = {}, 0
 for i = 1, n do
-  local limit, period = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local limit, period = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
   local window = math.floor(now / period)
   local was = tonumber(stored[3 * i - 2]) or -1
   local cur, prev = 0, 0
@@ -80,10 +89,11 @@ for i = 1, n do
 end
 redis.call('HSET', KEYS[1], unpack(update))
 redis.call('PEXPIRE', KEYS[1], 2 * longest)
-local value = false
-if KEYS[2] then value = redis.call('GET', KEYS[2]) end
 return {0, 0, value}
 """
+
+
+_FOUND, _ANY = "found", "any"
 
 
 class RateLimited(TooManyRequests):
@@ -104,19 +114,25 @@ class RateLimiter:
         self.args = [part for limit in self.limits for part in (limit.amount, limit.get_expiry() * 1000)]
         self.script = redis.register_script(_SCRIPT)
 
-    def hit(self, identity: str, also_get: str | None = None) -> str | None:
+    def hit(self, identity: str, also_get: str | None = None, only_found: bool = False) -> str | None:
         """Count one request of `identity`, or raise RateLimited; with `also_get`, that key's
-        value (read only when the request is allowed)."""
+        value (returned only when the request is allowed). With `only_found`, a request whose
+        `also_get` key is missing is neither counted nor refused: None, and nothing written."""
         keys = [self.prefix + identity] if also_get is None else [self.prefix + identity, also_get]
-        refused, retry_ms, value = self.script(keys=keys, args=self.args)
-        if refused:
+        refused, retry_ms, value = self.script(keys=keys, args=[_FOUND if only_found else _ANY, *self.args])
+        if refused > 0:
             raise RateLimited(self.limits[refused - 1], retry_ms / 1000)
         return value or None
 
 
+def key_identity(api_key) -> str:
+    """Whose budget a request with a valid key spends."""
+    return f"key:{api_key.id}"
+
+
 def rate_key() -> str:
     api_key = current_key()
-    return f"key:{api_key.id}" if api_key is not None else f"addr:{request.remote_addr}"
+    return key_identity(api_key) if api_key is not None else f"addr:{request.remote_addr}"
 
 
 def _limiter() -> RateLimiter:
