@@ -39,18 +39,20 @@ def _started() -> None:
 _children: dict[tuple, tuple] = {}
 
 
+def answered(method: str, route: str, status: int, elapsed_s: float) -> None:
+    """Count one answered request (Flask's, or a cache hit's beneath it: app/fast_hits.py)."""
+    known = _children.get((method, route, status))
+    if known is None:
+        known = _children[(method, route, status)] = (HTTP_LATENCY.labels(method, route),
+                                                       HTTP_REQUESTS.labels(method, route, str(status)))
+    known[0].observe(elapsed_s)
+    known[1].inc()
+
+
 def _answered(response):
     started = g.pop("metrics_started", None)
     if started is not None:
-        elapsed = time.perf_counter() - started
-        method, status = request.method, response.status_code
-        route = _route()
-        known = _children.get((method, route, status))
-        if known is None:
-            known = _children[(method, route, status)] = (HTTP_LATENCY.labels(method, route),
-                                                           HTTP_REQUESTS.labels(method, route, str(status)))
-        known[0].observe(elapsed)
-        known[1].inc()
+        answered(request.method, _route(), response.status_code, time.perf_counter() - started)
     return response
 
 

@@ -21,9 +21,13 @@ def current() -> str:
     return g.get("request_id", "")
 
 
+def chosen(given: str) -> str:
+    """The id of a request that sent `given` as its `X-Request-ID` (or "")."""
+    return given if _SANE.match(given) else uuid.uuid4().hex
+
+
 def _assign() -> None:
-    given = request.headers.get(HEADER, "")
-    g.request_id = given if _SANE.match(given) else uuid.uuid4().hex
+    g.request_id = chosen(request.headers.get(HEADER, ""))
     g.log_tokens = (logs.request_id.set(g.request_id), logs.prediction_id.set(""))
 
 

@@ -6,7 +6,6 @@ import functools
 import json
 import logging
 import re
-import time
 from datetime import datetime, timezone
 
 import orjson
@@ -16,7 +15,7 @@ from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import ValidationError
 
-from app import metrics, ratelimit, request_ids
+from app import fast_hits, metrics, ratelimit, request_ids
 from app.auth import current_key, owned_or_404
 from app.keys import PREDICT
 from app.events import PredictionEvents
@@ -94,7 +93,8 @@ def cache_hits_first(view):
     but before the request parser and the response schema run, with the same validation,
     cache key and cache read as the view. Anything else (a miss, a body it does not take
     at a glance, an invalid input) goes on to the view, which reuses what was learned here
-    or reports the error."""
+    or reports the error. A small body answered here is remembered, and answered beneath
+    Flask when it comes again (app/fast_hits.py)."""
 
     @functools.wraps(view)
     def wrapper(*args, name: str, **kwargs):
@@ -103,52 +103,19 @@ def cache_hits_first(view):
         if not request.is_json or "Idempotency-Key" in request.headers:
             ratelimit.settle()
             return view(*args, name=name, **kwargs)
-        seen = _seen_body(name)
-        known = _HIT_BODIES.get(seen) if seen is not None else None
-        if known is not None:
-            asked, spec, validated, cache_key = known
-            if _still_serves(name, asked, spec):
-                raw = lookup(spec, validated, cache_key)
-                if raw is not None:
-                    return cache_hit(spec, raw)
-            _HIT_BODIES.pop(seen, None)  # expired, or the model changed: validated afresh below
         glanced = _glance(name)
         if glanced is not None:
             spec, validated = glanced
             cache_key = services().cache.key(spec.name, spec.cache_version, validated)
             raw = lookup(spec, validated, cache_key)
             if raw is not None:
-                if seen is not None:
-                    if len(_HIT_BODIES) >= _HIT_BODIES_MAX:
-                        _HIT_BODIES.clear()
-                    _HIT_BODIES[seen] = (orjson.loads(seen[1]).get("version"), spec, validated, cache_key)
+                fast_hits.remember(name, request.get_data(cache=True), spec, validated, cache_key)
                 return cache_hit(spec, raw)
             g.ferry_missed = (validated, cache_key)
         ratelimit.settle()
         return view(*args, name=name, **kwargs)
 
     return wrapper
-
-
-# Small bodies that were cache hits, and what validating them gave: a popular input comes
-# back byte for byte, and validating it (64 numbers for digits) costs more than the rest of
-# a hit. An entry is used only while the registry still resolves its model and version to
-# the same spec (a new default version or a re-registration starts afresh); only hits are
-# kept, so a flood of distinct inputs cannot push the popular ones out for long.
-_HIT_BODIES: dict[tuple[str, bytes], tuple] = {}  # (model, body) -> (version asked, spec, validated, cache key)
-_HIT_BODIES_MAX, _HIT_BODY_BYTES = 1024, 4096
-
-
-def _seen_body(name: str) -> tuple[str, bytes] | None:
-    body = request.get_data(cache=True)
-    return (name, body) if len(body) <= _HIT_BODY_BYTES else None
-
-
-def _still_serves(name: str, asked: str | None, spec) -> bool:
-    try:
-        return services().registry.get(name, asked) is spec
-    except UnknownModel:
-        return False
 
 
 def _glance(name: str) -> tuple[object, dict] | None:
@@ -171,12 +138,6 @@ def _glance(name: str) -> tuple[object, dict] | None:
         return None
 
 
-@functools.lru_cache(maxsize=256)
-def _hit_prefix(model: str, version: str) -> bytes:
-    head = orjson.dumps({"model": model, "version": version, "status": records.SUCCEEDED, "cached": True})
-    return head[:-1] + b',"output":'
-
-
 def lookup(spec, validated: dict, cache_key: str) -> str | None:
     """The cached output (encoded JSON) or None, in one round trip that also counts the
     request's rate limit when not yet counted; the input's popularity (for the nightly
@@ -188,13 +149,9 @@ def lookup(spec, validated: dict, cache_key: str) -> str | None:
 
 
 def cache_hit(spec, raw: str) -> Response:
-    """The 200 of a cache hit: the cached output is JSON already, spliced into the body, never parsed."""
-    metrics.CACHE_HITS.labels(spec.name).inc()
-    started = g.get("metrics_started")
-    services().request_log.later(spec.name, version=spec.version, status=records.SUCCEEDED, cache_hit=True,
-                                 request_id=request_ids.current(),
-                                 total_ms=None if started is None else (time.perf_counter() - started) * 1000)
-    return Response(_hit_prefix(spec.name, spec.version) + raw.encode() + b"}", 200, mimetype="application/json")
+    """The 200 of a cache hit."""
+    fast_hits.record_hit(services(), spec, request_ids.current(), g.get("metrics_started"))
+    return Response(fast_hits.hit_body(spec, raw), 200, mimetype="application/json")
 
 
 def idempotency_key() -> str | None:

@@ -1,0 +1,206 @@
+"""Cache hits answered beneath Flask (app/fast_hits.py): a body that was a hit is answered
+again without Flask, byte for byte as Flask answers it, with the same rate limit, metrics,
+request log and popularity count; everything else reaches Flask with its body intact."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from app import create_app
+from models.base import encode_output
+from tasks import logs
+from tests.auth import keyed_client
+from tests.unit.test_metrics import scrape, value
+
+PATH = "/models/digits/predictions"
+PIXELS = [0, 0, 9, 16, 16, 10, 0, 0] * 8
+BODY = json.dumps({"input": {"pixels": PIXELS}}).encode()
+OUTPUT = {"label": 3, "probabilities": [0.1] * 10}
+
+
+def _cache(app, pixels=PIXELS) -> str:
+    ferry = app.extensions["ferry"]
+    validated = ferry.registry.input_schema("digits").load({"pixels": pixels})
+    key = ferry.cache.key("digits", "1.0.0", validated)
+    ferry.cache.set(key, encode_output(OUTPUT), ttl_s=60)
+    return key
+
+
+def _post(client, body: bytes = BODY, path: str = PATH, content_type: str = "application/json", **headers):
+    return client.post(path, data=body, content_type=content_type, headers=headers)
+
+
+@pytest.fixture
+def flask_calls(app):
+    """The requests that reached Flask (through the layer the app factory installs)."""
+    return _count_flask(app)
+
+
+def _count_flask(app) -> list[str]:
+    layer, calls = app.wsgi_app, []
+    flask = layer.flask
+
+    def counted(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        return flask(environ, start_response)
+
+    layer.flask = counted
+    return calls
+
+
+def _flask_alone(app, monkeypatch):
+    """Send what follows straight to Flask, as before the layer existed."""
+    monkeypatch.setattr(app, "wsgi_app", app.wsgi_app.flask)
+
+
+def test_a_body_that_was_a_hit_is_answered_beneath_flask_byte_for_byte(app, client, flask_calls, monkeypatch):
+    _cache(app)
+    first = _post(client)
+    assert first.status_code == 200 and first.json["cached"] is True and len(flask_calls) == 1
+    fast = _post(client, **{"X-Request-ID": "req-1"})
+    again = _post(client)
+    assert len(flask_calls) == 1  # both answered beneath Flask
+    assert again.headers["X-Request-ID"] != fast.headers["X-Request-ID"] and len(again.headers["X-Request-ID"]) == 32
+    _flask_alone(app, monkeypatch)
+    flask = _post(client, **{"X-Request-ID": "req-1"})
+    assert (fast.status, list(fast.headers), fast.get_data()) == (flask.status, list(flask.headers), flask.get_data())
+    assert fast.json == {"model": "digits", "version": "1.0.0", "status": "succeeded", "cached": True,
+                         "output": OUTPUT}
+
+
+def test_a_request_id_that_is_not_sane_is_replaced_as_flask_replaces_it(app, client, flask_calls):
+    _cache(app)
+    _post(client)
+    answer = _post(client, **{"X-Request-ID": "bad id; forged=1"})
+    assert len(flask_calls) == 1
+    assert len(answer.headers["X-Request-ID"]) == 32
+
+
+def test_everything_else_reaches_flask_with_its_body(app, client, flask_calls):
+    _cache(app)
+    assert _post(client).status_code == 200  # remembered from here on
+    readonly = keyed_client(app, scopes=["admin"])
+    cases = [
+        # An Idempotency-Key is checked by the view, which still answers from the cache.
+        (_post(client, **{"Idempotency-Key": "k1"}), 200),
+        (_post(app.test_client()), 401),
+        (_post(app.test_client(), Authorization="Bearer ferry_unknown"), 401),
+        (_post(readonly), 403),
+        (_post(client, content_type="text/plain"), 415),
+        (_post(client, path="/models/nope/predictions"), 404),
+        (_post(client, body=json.dumps({"input": {"pixels": PIXELS}, "version": "9"}).encode()), 404),
+        (_post(client, body=json.dumps({"input": {"pixels": PIXELS[:10]}}).encode()), 422),
+        (_post(client, body=json.dumps({"input": {"pixels": PIXELS}}, indent=1).encode()), 200),
+    ]
+    assert [answer.status_code for answer, _ in cases] == [status for _, status in cases]
+    assert len(flask_calls) == 1 + len(cases)
+    assert cases[0][0].json["output"] == OUTPUT and cases[-1][0].json["output"] == OUTPUT
+
+
+def test_a_body_over_the_size_limit_is_left_to_flask(app, client, flask_calls):
+    _cache(app)
+    _post(client)
+    app.config["MAX_CONTENT_LENGTH"] = len(BODY) - 1
+    assert _post(client).status_code == 413
+    assert len(flask_calls) == 2
+
+
+@pytest.fixture
+def limited_app(fake_redis, sender):
+    return create_app({"redis_url": "redis://unused:1/0", "rate_limit": "3/minute"}, redis_client=fake_redis,
+                      sender=sender)
+
+
+def test_a_hit_beneath_flask_spends_the_budget_once_and_the_429_is_flasks(limited_app, monkeypatch):
+    _cache(limited_app)
+    calls = _count_flask(limited_app)
+    client = keyed_client(limited_app)
+    statuses = [_post(client).status_code for _ in range(3)]
+    refused = _post(client, **{"X-Request-ID": "req-3"})
+    assert statuses + [refused.status_code] == [200, 200, 200, 429]
+    assert len(calls) == 2  # the first (not yet remembered) and the refusal
+    _flask_alone(limited_app, monkeypatch)
+    flask = _post(client, **{"X-Request-ID": "req-3"})
+
+    def seconds_apart(answer):  # the two may straddle a second of Retry-After
+        return (answer.status, [name for name, _ in answer.headers], answer.headers["X-Request-ID"],
+                re.sub(r"\d+ s\.", "N s.", answer.json.pop("message")), answer.json)
+
+    assert "from this API key" in refused.json["message"]
+    assert seconds_apart(refused) == seconds_apart(flask)
+
+
+def test_an_expired_answer_goes_to_flask_counted_once(limited_app, sender):
+    key = _cache(limited_app)
+    calls = _count_flask(limited_app)
+    client = keyed_client(limited_app)
+    assert _post(client).status_code == 200
+    limited_app.extensions["ferry"].redis.delete(key)
+    miss = _post(client)
+    assert miss.status_code == 202 and miss.json["cached"] is False and len(sender.sent) == 1
+    _cache(limited_app)
+    # Hit, miss and this one spend the budget of three; had the miss been counted twice, 429.
+    assert [_post(client).status_code, _post(client).status_code] == [200, 429]
+    assert len(calls) == 4
+
+
+def test_a_hit_beneath_flask_is_counted_in_metrics_request_log_and_popularity(app, client, flask_calls,
+                                                                             monkeypatch):
+    _cache(app)
+    _post(client)
+    ferry = app.extensions["ferry"]
+    before = scrape(client)
+    seen = []
+    add = ferry.popularity.add
+    monkeypatch.setattr(ferry.popularity, "add", lambda *args: (seen.append(logs.request_id.get()), add(*args)))
+    _post(client, **{"X-Request-ID": "req-2"})
+    after = scrape(client)
+    assert flask_calls == [PATH, "/metrics", "/metrics"]
+    route = {"method": "POST", "route": "/models/<name>/predictions"}
+    for name, labels in (("ferry_http_requests_total", {**route, "status": "200"}),
+                         ("ferry_http_request_duration_seconds_count", route),
+                         ("ferry_cache_hits_total", {"model": "digits"})):
+        assert value(after, name, **labels) - value(before, name, **labels) == 1, name
+    # Log lines written during the hit carry its id, and only during it.
+    assert seen == ["req-2"] and logs.request_id.get() == ""
+    ferry.request_log.flush()
+    newest = ferry.request_log.recent("digits", 1)[0]
+    assert (newest["request_id"], newest["cache_hit"], newest["status"]) == ("req-2", True, "succeeded")
+    ferry.popularity.flush()
+    popular = ferry.redis.zrange("ferry:popular:digits:1.0.0", 0, -1, withscores=True)
+    assert [score for _, score in popular] == [2.0]
+
+
+def test_redis_away_is_flasks_503(app, client, flask_calls, redis_server):
+    _cache(app)
+    _post(client)
+    redis_server.connected = False
+    answer = _post(client)
+    assert answer.status_code == 503 and "Redis" in answer.json["message"] and answer.headers["Retry-After"]
+    assert len(flask_calls) == 2
+
+
+def test_a_remembered_body_is_not_answered_for_a_model_that_changed(fake_redis, tmp_path):
+    """A new default version (or a re-registration) resolves the body to another spec: Flask
+    validates it afresh, against what is served now."""
+    from tests.unit.test_runtime_models import iris, make_app
+
+    repository = tmp_path / "repository.yaml"
+    repository.write_text("models: []\n")
+    api = make_app(fake_redis, repository)
+    calls = _count_flask(api)
+    client = keyed_client(api)
+    assert client.post("/models", json=iris("1")).status_code == 201
+    ferry = api.extensions["ferry"]
+    spec = ferry.registry.get("iris")
+    ferry.cache.set(ferry.cache.key("iris", spec.cache_version, {"petal_length": 1.0}), '{"species":"v1"}', 60)
+    body = json.dumps({"input": {"petal_length": 1}}).encode()
+    path = "/models/iris/predictions"
+    assert [_post(client, body, path).json["output"] for _ in range(2)] == [{"species": "v1"}] * 2
+    answered_beneath = len(calls)
+    assert client.post("/models", json=iris("2", default=True)).status_code == 201
+    now = _post(client, body, path)
+    assert (now.status_code, now.json["version"]) == (202, "2")
+    assert len(calls) == answered_beneath + 2  # the registration and this submit
