@@ -49,6 +49,25 @@ def test_digit_image_202_then_poll_then_cache_hit(stack):
     assert again.json()["output"] == done["output"]
 
 
+def test_repeated_cache_hits_answer_alike_through_gunicorn(stack):
+    """A body that was a hit is answered beneath Flask from then on (app/fast_hits.py): through
+    gunicorn each answer is the one Flask gave first, and a body Flask must see still reaches it."""
+    url = f"{stack['api']}/models/digits/predictions"
+    body = json.dumps({"input": {"pixels": [float(v % 13) for v in range(64)]}})
+    headers = {"Content-Type": "application/json"}
+    submitted = stack["http"].post(url, data=body, headers=headers, timeout=10)
+    assert submitted.status_code == 202, submitted.text
+    assert poll(stack["http"], stack["api"] + submitted.headers["Location"])["status"] == "succeeded"
+    answers = [stack["http"].post(url, data=body, headers={**headers, "X-Request-ID": f"hit-{n}"}, timeout=10)
+               for n in range(8)]  # each API process answers its first through Flask, then beneath it
+    for n, answer in enumerate(answers):
+        assert answer.status_code == 200 and answer.content == answers[0].content
+        assert sorted(answer.headers) == sorted(answers[0].headers)
+        assert answer.headers["X-Request-ID"] == f"hit-{n}" and answer.headers["Content-Type"] == "application/json"
+    replayed = stack["http"].post(url, data=body, headers={**headers, "Idempotency-Key": "fast-hits-e2e"}, timeout=10)
+    assert replayed.status_code == 200 and replayed.content == answers[0].content
+
+
 def test_sentences_embed_and_rank(stack):
     def embed(text):
         submitted = stack["http"].post(f"{stack['api']}/models/minilm/predictions", json={"input": {"text": text}},
