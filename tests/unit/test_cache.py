@@ -43,3 +43,22 @@ def test_zero_ttl_disables_caching(fake_redis):
     cache = PredictionCache(fake_redis)
     cache.set("ferry:cache:m:1:x", '{"label":3}', ttl_s=0)
     assert cache.get("ferry:cache:m:1:x") is None
+
+
+def test_outputs_are_encoded_as_strict_json_whoever_writes_them():
+    import json
+
+    import numpy as np
+    import pytest
+
+    from models.base import encode_output
+
+    # orjson's spelling: compact, UTF-8 as it is.
+    assert encode_output({"label": 3, "word": "été", "p": [0.5, 1e-05]}) == '{"label":3,"word":"été","p":[0.5,0.00001]}'
+    # What orjson refuses or would write as null goes to the stdlib, which decides as before.
+    assert encode_output({"a": None, "b": "null"}) == '{"a":null,"b":"null"}'
+    assert encode_output({1: np.float64(0.5), "big": 2**70}) == '{"1":0.5,"big":1180591620717411303424}'
+    for bad in ({"p": float("nan")}, {"p": [float("inf")]}, {"p": np.float32(0.5)}, {"p": object()}):
+        with pytest.raises(TypeError, match="not plain JSON"):
+            encode_output(bad)
+    assert json.loads(encode_output({"p": [0.1, 2.5e-7]})) == {"p": [0.1, 2.5e-7]}
