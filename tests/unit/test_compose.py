@@ -27,3 +27,11 @@ def test_compose_has_every_process_and_exactly_one_beat():
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--appendfsync") + 1] == "always"
     assert any(arg.startswith("--basic-auth=") for arg in services["flower"]["command"])
+
+
+def test_the_api_and_the_batch_worker_see_the_same_batch_inputs():
+    # The API checks a job's file when the job is created; the batch worker reads it.
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    mount = "./batch-inputs:/srv/ferry/var/batch-inputs:ro"
+    assert mount in services["api"]["volumes"] and mount in services["batch-worker"]["volumes"]
+    assert services["api"]["environment"]["FERRY_DATA_DIR"] == "/srv/ferry/var"
