@@ -36,83 +36,93 @@ _POLL_S = 0.001
 _CLOCK_SLACK_S = 1.0
 
 
-def run_prediction(prediction_id: str, ctx: WorkerContext) -> str:
+def run_prediction(prediction_id: str, ctx: WorkerContext, model: str | None = None,
+                   version: str | None = None) -> str:
     """Run `prediction_id` (in a batch, when others wait for the same model); returns its
-    status. Safe to run twice for the same id: a finished or claimed one is left alone."""
-    record = ctx.store.get(prediction_id)
-    if record is None:
-        log.warning("prediction %s has no record (expired or never issued); skipped", prediction_id)
-        return "missing"
-    logs.request_id.set(record.get("request_id", ""))
-    if record["status"] in records.TERMINAL:
-        return record["status"]
-    if float(record.get("retry_at") or 0) > time.time() + _CLOCK_SLACK_S:
-        return "waiting to retry"  # its retry message, sent with a countdown, runs it
+    status. Safe to run twice for the same id: a finished or claimed one is left alone.
+    Its message names the model and version, so that reading the record, claiming it and
+    filling the batch are one round trip; without them (a message from an older release)
+    the record is read first."""
+    if model is None or version is None:
+        record = ctx.store.get(prediction_id)
+        if record is None:
+            return _missing(prediction_id)
+        model, version = record["model"], record["version"]
     try:
-        if record.get("revision"):
+        spec = ctx.registry.get(model, version)
+        if spec.revision:
             # Registered at run time: make sure that registration still stands (one read,
             # cheap beside the remote call) before running on it.
             ctx.registry.sync(force=True)
-        spec = ctx.registry.get(record["model"], record["version"])
-        if spec.revision != record.get("revision", ""):
-            raise UnknownModel(spec.name)  # the registration it was queued for is gone
+            spec = ctx.registry.get(model, version)
     except UnknownModel:
-        return _fail(ctx, prediction_id, f"Model {record['model']!r} version {record['version']!r} is not served "
-                                         "any more.", record["model"],
-                     record)
-    won, status, taken = ctx.store.take(worker_name(), ctx.settings.claim_lease_s, spec.name, spec.version,
-                                        spec.max_batch_size - 1, own_id=prediction_id)
-    if not won:
+        return _not_served(ctx, prediction_id, model, version)
+    started = repr(time.time())
+    taken = ctx.store.take(worker_name(), ctx.settings.claim_lease_s, spec.name, spec.version,
+                           spec.max_batch_size - 1, started_at=started, revision=spec.revision, own_id=prediction_id,
+                           not_before=time.time() + _CLOCK_SLACK_S)
+    if taken.record is not None:
+        logs.request_id.set(taken.record.get("request_id", ""))
+    if taken.outcome == "missing":
+        return _missing(prediction_id)
+    if taken.outcome == "claimed":
         return "claimed elsewhere"  # a live worker runs it, or the sweeper re-sends it once its lease lapses
-    with ctx.leases.holding([prediction_id, *taken]) as held:
-        own = [] if status in records.TERMINAL else [record]  # canceled while it was being claimed
-        batch = own + _gather(ctx, spec, taken, held)
-        if not own:
-            ctx.store.release([prediction_id])
-        if not batch:
-            return status
-        return _run_batch(ctx, spec, batch).get(prediction_id, status)
+    if taken.outcome == "waiting":
+        return "waiting to retry"  # its retry message, sent with a countdown, runs it
+    if taken.outcome == "stale":  # the registration it was queued for is gone
+        return _not_served(ctx, prediction_id, model, version, taken.record)
+    if taken.outcome != "taken":
+        return taken.outcome  # finished already
+    batch = [taken.record, *taken.others]
+    for record in batch:
+        record.update(status=records.RUNNING, started_at=started, batch_size=str(len(batch)))
+    with ctx.leases.holding([record["id"] for record in batch]) as held:
+        batch += _gather(ctx, spec, len(batch), held)
+        return _run_batch(ctx, spec, batch)[prediction_id]
 
 
-def _gather(ctx: WorkerContext, spec: ModelSpec, taken: list[str], held: list[str]) -> list[dict]:
-    """The other predictions of the batch: those already taken from the queue and, when
-    some were queued but not a full batch, those that arrive within max_wait_ms. All of
-    them are claimed (and their leases held) as they are taken."""
-    room = spec.max_batch_size - 1
-    ids = list(taken)
-    if ids and len(ids) < room and spec.max_wait_ms:
-        deadline = time.monotonic() + spec.max_wait_ms / 1000
-        while len(ids) < room and time.monotonic() < deadline:
-            _, _, more = ctx.store.take(worker_name(), ctx.settings.claim_lease_s, spec.name, spec.version,
-                                        room - len(ids))
-            ids += more
-            held.extend(more)
-            if not more:
-                time.sleep(_POLL_S)
-    batch, stale = [], []
-    for record in ctx.store.get_many(ids):
-        if (record["status"] in records.TERMINAL or record["version"] != spec.version
-                or record.get("revision", "") != spec.revision):
-            stale.append(record["id"])
-        else:
-            batch.append(record)
-    ctx.store.release(stale)
-    return batch
+def _missing(prediction_id: str) -> str:
+    log.warning("prediction %s has no record (expired or never issued); skipped", prediction_id)
+    return "missing"
+
+
+def _not_served(ctx: WorkerContext, prediction_id: str, model: str, version: str, record: dict | None = None) -> str:
+    record = record or ctx.store.get(prediction_id)
+    if record is None:
+        return _missing(prediction_id)
+    if record["status"] in records.TERMINAL:
+        return record["status"]
+    return _fail(ctx, prediction_id, f"Model {model!r} version {version!r} is not served any more.", model, record)
+
+
+def _gather(ctx: WorkerContext, spec: ModelSpec, size: int, held: list[str]) -> list[dict]:
+    """More of the batch: when some were queued but not a full batch, those that arrive
+    within max_wait_ms. Each is claimed, marked running and its lease held as it is taken."""
+    more: list[dict] = []
+    if size < 2 or size >= spec.max_batch_size or not spec.max_wait_ms:
+        return more
+    deadline = time.monotonic() + spec.max_wait_ms / 1000
+    while size + len(more) < spec.max_batch_size and time.monotonic() < deadline:
+        started = repr(time.time())
+        taken = ctx.store.take(worker_name(), ctx.settings.claim_lease_s, spec.name, spec.version,
+                               spec.max_batch_size - size - len(more), started_at=started, revision=spec.revision)
+        for record in taken.others:
+            record.update(status=records.RUNNING, started_at=started)
+            held.append(record["id"])
+        more += taken.others
+        if not taken.others:
+            time.sleep(_POLL_S)
+    return more
 
 
 def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[str, str]:
     ids = [record["id"] for record in batch]
-    started = repr(time.time())
-    pipe = ctx.redis.pipeline(transaction=False)
-    for record in batch:
-        ctx.store.update(record["id"], records.RUNNING, pipe=pipe, started_at=started, batch_size=len(ids))
-        pipe.hincrby(ctx.store.key(record["id"]), "attempts", 1)
-        record.update(status=records.RUNNING, started_at=started, batch_size=str(len(ids)))
-    ctx.store.announce_taken(spec.name, spec.version, pipe)
-    pipe.execute()
+    size = len(batch)
     observed = metrics.Observations(ctx.settings.key_prefix)
+    begun = time.time()
     for record in batch:
-        observed.observe(metrics.QUEUE_WAIT, spec.name, max(0.0, float(started) - float(record["queued_at"])))
+        record["batch_size"] = str(size)
+        observed.observe(metrics.QUEUE_WAIT, spec.name, max(0.0, begun - float(record["queued_at"])))
     outcomes: list[tuple[str | None, str | None]]
     try:
         if batch[0]["version"] != spec.version:
@@ -140,29 +150,30 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
     finished = repr(time.time())
     # Canceled while running: whatever came of it, the answer is `canceled`.
     canceled = ctx.store.cancel_requested(ids) if spec.cancelable else set()
-    run_ms = (float(finished) - float(started)) * 1000
+    run_ms = (float(finished) - begun) * 1000
     statuses = {}
     pipe = ctx.redis.pipeline(transaction=False)
     for record, (encoded, error) in zip(batch, outcomes):
         tags = {"prediction_id": record["id"], "request_id": record.get("request_id") or "-"}
         if record["id"] in canceled:
-            ctx.store.update(record["id"], records.CANCELED, pipe=pipe, finished_at=finished)
+            ctx.store.update(record["id"], records.CANCELED, pipe=pipe, finished_at=finished, batch_size=size)
             statuses[record["id"]] = records.CANCELED
             log.info("prediction of %s canceled while running", spec.name, extra=tags)
         elif error is None:
             ctx.cache.set(record["cache_key"], encoded, spec.cache_ttl_s, pipe=pipe)
             ctx.store.update(record["id"], records.SUCCEEDED, pipe=pipe, record=record, output=encoded,
-                             finished_at=finished)
+                             finished_at=finished, batch_size=size)
             if record.get("retries"):
                 pipe.hdel(ctx.store.key(record["id"]), "error", "retry_at")  # a retry's note, now moot
             statuses[record["id"]] = records.SUCCEEDED
-            log.info("prediction of %s succeeded in %.1f ms (batch of %d)", spec.name, run_ms, len(batch), extra=tags)
+            log.info("prediction of %s succeeded in %.1f ms (batch of %d)", spec.name, run_ms, size, extra=tags)
         else:
-            ctx.store.update(record["id"], records.FAILED, pipe=pipe, record=record, error=error, finished_at=finished)
+            ctx.store.update(record["id"], records.FAILED, pipe=pipe, record=record, error=error, finished_at=finished,
+                             batch_size=size)
             statuses[record["id"]] = records.FAILED
             log.warning("prediction of %s failed: %s", spec.name, error, extra=tags)
     for record in batch:
-        ctx.request_log.finished(pipe, record, statuses[record["id"]], float(finished), float(started))
+        ctx.request_log.finished(pipe, record, statuses[record["id"]], float(finished), float(record["started_at"]))
     succeeded = sum(status == records.SUCCEEDED for status in statuses.values())
     observed.count(metrics.COMPLETED, spec.name, succeeded)
     observed.count(metrics.FAILED, spec.name, sum(status == records.FAILED for status in statuses.values()))
@@ -256,9 +267,9 @@ def sweep(ctx: WorkerContext, send) -> list[str]:
 
 
 @shared_task(name=PREDICT_TASK, ignore_result=True)
-def predict(prediction_id: str) -> str:
+def predict(prediction_id: str, model: str | None = None, version: str | None = None) -> str:
     try:
-        return run_prediction(prediction_id, current())
+        return run_prediction(prediction_id, current(), model, version)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         # Redis went away mid-run, so the outcome may not be recorded: the message must not be
         # acknowledged (acks_late acknowledges failed tasks too). Re-queued, it runs again; if

@@ -23,6 +23,7 @@ import json
 import threading
 import time
 import uuid
+from typing import NamedTuple
 
 import orjson
 import redis
@@ -33,6 +34,18 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
 _PRIVATE = ("input", "cache_key", "owner")
 # Published on a prediction's channel when its progress changed but not its status.
 PROGRESS = "progress"
+
+
+class Taken(NamedTuple):
+    """What `PredictionStore.take` did: "taken", or why the own id was left alone; the own
+    record as it was read (None when missing or claimed elsewhere); the others taken."""
+    outcome: str
+    record: dict | None
+    others: list[dict]
+
+
+def _pairs(fields: list) -> dict:
+    return dict(zip(fields[::2], fields[1::2]))
 
 
 def new_prediction_id() -> str:
@@ -197,26 +210,24 @@ class PredictionStore:
     def claims_key(self) -> str:
         return f"{self.prefix}claims"
 
-    def take(self, worker: str, ttl_s: float, model: str, version: str, count: int,
-             own_id: str = "") -> tuple[bool, str | None, list[str]]:
-        """In one atomic step: claim `own_id` (when given) and take it off the model's
-        pending list, then take up to `count` more ids off the list and claim them. So a
-        queued prediction is always either in the pending list or claimed, even when the
-        worker dies in between. Returns whether `own_id` was won (True when none was given),
-        its status once claimed, and the other ids taken (none when `own_id` was lost)."""
-        won, status, taken = self._script("take", _TAKE)(
-            keys=[self.claims_key, self.pending_key(model, version)],
-            args=[self.prefix, worker, max(1, int(ttl_s)), time.time() + ttl_s, own_id, max(0, count)])
-        return bool(won), status or None, list(taken)
+    def take(self, worker: str, ttl_s: float, model: str, version: str, count: int, *, started_at: str | None = None,
+             revision: str = "", own_id: str = "", not_before: float = 0.0) -> Taken:
+        """In one atomic step (one round trip): claim `own_id` (when given) and take it off
+        the model's pending list, then take up to `count` more ids off the list and claim
+        them; every prediction claimed is marked running (`started_at`, its attempts counted,
+        announced) and comes back as its record. So a queued prediction is always either in
+        the pending list or claimed, even when the worker dies in between.
 
-    def get_many(self, ids: list[str]) -> list[dict]:
-        """The records of `ids` that still exist, in one round trip."""
-        if not ids:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for prediction_id in ids:
-            pipe.hgetall(self.key(prediction_id))
-        return [record for record in pipe.execute() if record]
+        `own_id` is left alone, unclaimed, when it is missing ("missing"), finished (its
+        status), waiting to retry after `not_before` ("waiting"), queued for another
+        registration than `revision` ("stale"), or claimed by another worker ("claimed");
+        other ids taken are claimed only when they are queued (or running, re-queued by the
+        sweeper) for `revision`."""
+        outcome, own, taken = self._script("take", _TAKE)(
+            keys=[self.claims_key, self.pending_key(model, version)],
+            args=[self.prefix, worker, max(1, int(ttl_s)), time.time() + ttl_s, own_id, max(0, count), revision,
+                  started_at or repr(time.time()), repr(not_before), self.queue_channel(model, version)])
+        return Taken(outcome, _pairs(own) if own else None, [_pairs(fields) for fields in taken])
 
     def requeue(self, prediction_id: str, model: str, version: str) -> None:
         """Back at the head of the pending list, unclaimed (the sweeper sends it a message)."""
@@ -288,10 +299,6 @@ class PredictionStore:
         pipe.hset(self.key(prediction_id), mapping=mapping)
         pipe.publish(self.channel(prediction_id), PROGRESS)
         pipe.execute()
-
-    def announce_taken(self, model: str, version: str, pipe) -> None:
-        """Queued ids of the model were taken into a batch: the others moved up."""
-        pipe.publish(self.queue_channel(model, version), "taken")
 
     def queue_position(self, record: dict) -> int | None:
         """1 for the next prediction of its model to be taken, 2 after it, ...; None when
@@ -426,29 +433,75 @@ end
 return 'running'
 """
 
-# KEYS: the claims sorted set, the pending list; ARGV: prefix, worker, ttl, deadline, own id or "", count.
+# KEYS: the claims sorted set, the pending list; ARGV: prefix, worker, ttl, deadline, own id or "",
+# count, revision, started_at, not_before, the model's queue channel. Returns the outcome, the own record (flat) and the
+# records of the others taken.
 _TAKE = """
 local prefix, worker, ttl, deadline, own = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local count = tonumber(ARGV[6])
-local status = ''
-if own ~= '' then
-    if not redis.call('SET', prefix .. 'claim:' .. own, worker, 'NX', 'EX', ttl) then
-        return {0, '', {}}
+local count, revision, started = tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local function field(fields, name)
+    for i = 1, #fields, 2 do
+        if fields[i] == name then
+            return fields[i + 1]
+        end
     end
-    redis.call('ZADD', KEYS[1], deadline, own)
+    return nil
+end
+local function claim(id)
+    if redis.call('SET', prefix .. 'claim:' .. id, worker, 'NX', 'EX', ttl) then
+        redis.call('ZADD', KEYS[1], deadline, id)
+        return true
+    end
+    return false
+end
+local claimed = {}
+local own_fields = {}
+if own ~= '' then
+    own_fields = redis.call('HGETALL', prefix .. 'prediction:' .. own)
+    local status = field(own_fields, 'status')
+    if not status then
+        return {'missing', {}, {}}
+    end
+    if status == 'succeeded' or status == 'failed' or status == 'canceled' then
+        return {status, own_fields, {}}
+    end
+    if tonumber(field(own_fields, 'retry_at') or '0') > tonumber(ARGV[9]) then
+        return {'waiting', own_fields, {}}
+    end
+    if (field(own_fields, 'revision') or '') ~= revision then
+        return {'stale', own_fields, {}}
+    end
+    if not claim(own) then
+        return {'claimed', {}, {}}
+    end
     redis.call('LREM', KEYS[2], 1, own)
-    status = redis.call('HGET', prefix .. 'prediction:' .. own, 'status') or ''
+    claimed[1] = own
 end
 local taken = {}
 if count > 0 then
     for _, id in ipairs(redis.call('LPOP', KEYS[2], count) or {}) do
-        if redis.call('SET', prefix .. 'claim:' .. id, worker, 'NX', 'EX', ttl) then
-            redis.call('ZADD', KEYS[1], deadline, id)
-            taken[#taken + 1] = id
+        local fields = redis.call('HGETALL', prefix .. 'prediction:' .. id)
+        local status = field(fields, 'status')
+        -- An id whose record expired, finished or belongs to another registration is
+        -- dropped from the list; its own message settles it.
+        if (status == 'queued' or status == 'running') and (field(fields, 'revision') or '') == revision
+                and claim(id) then
+            claimed[#claimed + 1] = id
+            taken[#taken + 1] = fields
         end
     end
 end
-return {1, status, taken}
+local announcement = cjson.encode({status = 'running', started_at = started, batch_size = #claimed})
+for _, id in ipairs(claimed) do
+    local key = prefix .. 'prediction:' .. id
+    redis.call('HSET', key, 'status', 'running', 'started_at', started, 'batch_size', #claimed)
+    redis.call('HINCRBY', key, 'attempts', 1)
+    redis.call('PUBLISH', prefix .. 'events:' .. id, announcement)
+end
+if #claimed > 0 then
+    redis.call('PUBLISH', ARGV[10], 'taken')
+end
+return {'taken', own_fields, taken}
 """
 
 # KEYS: the pending list; ARGV: prefix, error, now, revision.

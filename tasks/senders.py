@@ -13,7 +13,8 @@ class TaskSender:
 
     def send(self, prediction_id: str, spec: ModelSpec, *, countdown: float | None = None) -> None:
         """Queue a prediction on its model's queue, under the model's soft and hard time limits."""
-        self.dispatch(PREDICT_TASK, [prediction_id], queue=spec.queue,
+        # The model and version ride along, so the worker need not read the record to start.
+        self.dispatch(PREDICT_TASK, [prediction_id, spec.name, spec.version], queue=spec.queue,
                       time_limits=(spec.timeout_s, spec.hard_timeout_s), countdown=countdown,
                       describe=f"{spec.name} {spec.version}, prediction {prediction_id}")
 

@@ -40,7 +40,7 @@ def test_submit_queues_and_answers_202_with_location(client, sender, fake_redis)
     body = response.json
     assert response.headers["Location"] == f"/predictions/{body['id']}"
     assert body["status"] == "queued" and body["cached"] is False
-    assert sender.sent == [{"task": "ferry.predict", "args": [body["id"]], "queue": "realtime-cpu",
+    assert sender.sent == [{"task": "ferry.predict", "args": [body["id"], "digits", "1.0.0"], "queue": "realtime-cpu",
                             "time_limits": (30.0, 60.0), "countdown": None}]
     stored = fake_redis.hgetall(f"ferry:prediction:{body['id']}")
     assert json.loads(stored["input"]) == {"pixels": PIXELS}
@@ -133,7 +133,7 @@ def test_failed_prediction_shows_error_not_traceback(client, app):
 
 
 def test_prefer_wait_answers_200_when_done_in_time(fake_redis):
-    def finish_soon(prediction_id):
+    def finish_soon(prediction_id, model, version):
         def finish():
             store = records.PredictionStore(fake_redis)
             store.update(prediction_id, records.RUNNING, started_at="1.0")

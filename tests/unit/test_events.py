@@ -46,12 +46,8 @@ def submit(client) -> str:
 
 
 def take(store, prediction_id: str) -> None:
-    """What a worker does when it takes a queued prediction into a batch."""
-    store.redis.lrem(store.pending_key("digits", "1.0.0"), 1, prediction_id)
-    pipe = store.redis.pipeline()
-    store.update(prediction_id, records.RUNNING, pipe=pipe, started_at="1.0", batch_size=1)
-    store.announce_taken("digits", "1.0.0", pipe)
-    pipe.execute()
+    """A worker takes a queued prediction into a batch (and announces it)."""
+    assert store.take("w:1", 15, "digits", "1.0.0", 0, started_at="1.0", own_id=prediction_id).outcome == "taken"
 
 
 @pytest.fixture

@@ -190,26 +190,70 @@ def test_sweeper_leaves_a_prediction_claimed_again_since_its_deadline(batching_c
     assert sweep(ctx, lambda *a, **k: pytest.fail("must not resend")) == []
 
 
-def test_taking_ids_claims_them_in_the_same_step(batching_ctx):
+def test_taking_ids_claims_them_and_marks_them_running_in_the_same_step(batching_ctx, fake_redis):
     from tasks.leases import worker_name
 
     ctx = batching_ctx
     submitted = [submit(ctx, x=float(x)) for x in range(3)]
-    won, status, taken = ctx.store.take(worker_name(), 15, "echo", "1", 5, own_id=submitted[1]["id"])
-    assert (won, status, taken) == (True, "queued", [submitted[0]["id"], submitted[2]["id"]])
+    pubsub = fake_redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(ctx.store.channel(submitted[0]["id"]), ctx.store.queue_channel("echo", "1"))
+    taken = ctx.store.take(worker_name(), 15, "echo", "1", 5, started_at="7.5", own_id=submitted[1]["id"])
+    assert taken.outcome == "taken"
+    assert taken.record["id"] == submitted[1]["id"] and taken.record["input"] == submitted[1]["input"]
+    assert [record["id"] for record in taken.others] == [submitted[0]["id"], submitted[2]["id"]]
     assert ctx.redis.llen(ctx.store.pending_key("echo", "1")) == 0
     assert all(ctx.store.is_claimed(record["id"]) for record in submitted)
     assert ctx.redis.zcard(ctx.store.claims_key) == 3
+    for record in submitted:
+        stored = ctx.store.get(record["id"])
+        assert (stored["status"], stored["started_at"], stored["batch_size"], stored["attempts"]) == (
+            "running", "7.5", "3", "1")
+    messages = [pubsub.get_message(timeout=0.05) for _ in range(4)]
+    announced = [message["data"] for message in messages if message is not None]
+    assert json.loads(announced[0]) == {"status": "running", "started_at": "7.5", "batch_size": 3}
+    assert announced[1:] == ["taken"]
 
 
-def test_a_prediction_canceled_while_it_was_claimed_is_not_run(batching_ctx):
+@pytest.mark.parametrize("change, outcome", [
+    ({"status": "canceled"}, "canceled"),
+    ({"retry_at": repr(time.time() + 60)}, "waiting"),
+    ({"revision": "r2"}, "stale"),
+])
+def test_an_own_id_that_must_not_run_is_left_unclaimed(batching_ctx, change, outcome):
+    ctx = batching_ctx
+    record, other = submit(ctx, x=1.0), submit(ctx, x=2.0)
+    ctx.redis.hset(ctx.store.key(record["id"]), mapping=change)
+    taken = ctx.store.take("w:1", 15, "echo", "1", 5, started_at="1.0", own_id=record["id"], not_before=time.time())
+    assert (taken.outcome, taken.others) == (outcome, [])
+    assert not ctx.store.is_claimed(record["id"]) and not ctx.store.is_claimed(other["id"])
+    assert ctx.redis.llen(ctx.store.pending_key("echo", "1")) == 2
+
+
+def test_others_queued_for_another_registration_are_not_taken(batching_ctx):
+    ctx = batching_ctx
+    record, other = submit(ctx, x=1.0), submit(ctx, x=2.0)
+    ctx.redis.hset(ctx.store.key(other["id"]), "revision", "r2")
+    taken = ctx.store.take("w:1", 15, "echo", "1", 5, started_at="1.0", own_id=record["id"])
+    assert (taken.outcome, taken.others) == ("taken", [])
+    assert not ctx.store.is_claimed(other["id"]) and ctx.store.get(other["id"])["status"] == "queued"
+
+
+def test_a_message_that_names_its_model_starts_without_reading_the_record_first(batching_ctx, monkeypatch):
+    ctx = batching_ctx
+    submitted = [submit(ctx, x=float(x)) for x in range(2)]
+    monkeypatch.setattr(ctx.store, "get", lambda prediction_id: pytest.fail("read the record before taking it"))
+    assert run_prediction(submitted[0]["id"], ctx, "echo", "1") == records.SUCCEEDED
+    monkeypatch.undo()
+    assert [ctx.store.get(record["id"])["batch_size"] for record in submitted] == ["2", "2"]
+
+
+def test_a_canceled_prediction_is_not_run(batching_ctx):
     ctx = batching_ctx
     record = submit(ctx)
     ctx.store.update(record["id"], records.CANCELED)
-    # Its message read the record before the cancel, then claimed it.
-    ctx.store.get = lambda prediction_id, get=ctx.store.get: {**get(prediction_id), "status": "queued"}
-    assert run_prediction(record["id"], ctx) == records.CANCELED
+    assert run_prediction(record["id"], ctx, "echo", "1") == records.CANCELED
     assert not ctx.store.is_claimed(record["id"])
+    assert "started_at" not in ctx.store.get(record["id"])
 
 
 def test_leases_are_renewed_only_where_still_held(batching_ctx):
@@ -315,7 +359,7 @@ def test_transient_error_is_retried_with_backoff_then_succeeds(retry_ctx):
     stored = ctx.store.get(record["id"])
     assert stored["retries"] == "1" and stored["error"].startswith("TransientError: upstream is busy (retry 1 of 2 in")
     [sent] = ctx.sender.sent
-    assert sent["args"] == [record["id"]] and 2 <= sent["countdown"] <= 4  # 4 s, with jitter
+    assert sent["args"] == [record["id"], "flaky", "1"] and 2 <= sent["countdown"] <= 4  # 4 s, with jitter
     assert run_prediction(record["id"], ctx) == "waiting to retry"  # its old message, before the backoff ends
     due(ctx, record["id"])
     assert run_prediction(record["id"], ctx) == records.QUEUED
