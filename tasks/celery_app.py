@@ -1,8 +1,12 @@
 """The one Celery app, configured in one place."""
 from __future__ import annotations
 
+import contextlib
+import threading
+
 from celery import Celery
 from kombu.transport import redis as kombu_redis
+from kombu.utils import json as kombu_json
 
 from tasks.settings import Settings
 
@@ -32,9 +36,33 @@ class _Channel(kombu_redis.Channel):
             client = self._sync_client = super()._create_client()
         return client
 
+    def _put(self, queue, message, **kwargs):
+        held = getattr(_held, "messages", None)
+        if held is None:
+            return super()._put(queue, message, **kwargs)
+        # What kombu would LPUSH (its priority list, its JSON), for the caller to push itself.
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        held.append((key, kombu_json.dumps(message)))
+
 
 class Transport(kombu_redis.Transport):
     Channel = _Channel
+
+
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def held_messages():
+    """Collect, as (Redis list, payload), the messages that Celery publishes in this thread
+    instead of pushing them, so that the caller pushes them atomically with its own writes
+    (the API's submit script pushes a prediction's message with its record: one round trip,
+    one fsync, and never a record without a message nor a message without a record)."""
+    _held.messages = []
+    try:
+        yield _held.messages
+    finally:
+        _held.messages = None
 
 
 def create_celery(settings: Settings) -> Celery:

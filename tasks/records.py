@@ -130,8 +130,11 @@ class PredictionStore:
 
     def submit(self, *, model: str, version: str, queue: str, validated_input: dict, cache_key: str, owner: str,
                queue_pending: list[str], limit: int, request_id: str = "", prediction_id: str | None = None,
-               idempotency: tuple[str, str] | None = None, revision: str = "") -> tuple[str, str, dict | None]:
-        """Create a queued prediction, in one atomic step with the checks that may stop it:
+               idempotency: tuple[str, str] | None = None, revision: str = "",
+               message: tuple[str, str] = ("", "")) -> tuple[str, str, dict | None]:
+        """Create a queued prediction and push its `message` (a Redis list and the payload
+        to push onto it; none when the list is ""), in one atomic step with the checks that
+        may stop it:
 
         - ("replay", id): `idempotency` (key, fingerprint) was used before with this body;
         - ("mismatch", ""): ... with another body;
@@ -146,9 +149,10 @@ class PredictionStore:
                              revision)
         prediction_id = record["id"]
         key, fingerprint = idempotency or ("", "")
+        message_list, payload = message
         keys = [self.key(prediction_id), self.pending_key(model, version), self.inflight_key(owner, cache_key),
-                self.idempotency_key(owner, key), *queue_pending]
-        args = [prediction_id, self.ttl_s, self.prefix, fingerprint, limit,
+                self.idempotency_key(owner, key), message_list, *queue_pending]
+        args = [prediction_id, self.ttl_s, self.prefix, fingerprint, limit, payload,
                 *(item for pair in record.items() for item in pair)]
         outcome, value = self._script("submit", _SUBMIT)(keys=keys, args=args)
         return outcome, value, record if outcome == "created" else None
@@ -356,9 +360,10 @@ def _confirmed(pubsub, channel: str, timeout_s: float = 2.0) -> None:
     raise redis.TimeoutError(f"Redis did not confirm the subscription to {channel} in {timeout_s:g} s.")
 
 
-# KEYS: the record, its pending list, its in-flight key, its idempotency key, then the pending
-# lists of its queue. ARGV: id, ttl, prefix, fingerprint ("" without an idempotency key),
-# queue limit (0: none), then the record's fields and values.
+# KEYS: the record, its pending list, its in-flight key, its idempotency key, the list its
+# message goes onto ("": none), then the pending lists of its queue. ARGV: id, ttl, prefix,
+# fingerprint ("" without an idempotency key), queue limit (0: none), the message, then the
+# record's fields and values.
 _SUBMIT = """
 local unpack = unpack or table.unpack
 local id, ttl, prefix, fingerprint, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -390,20 +395,23 @@ if leader then
 end
 if limit > 0 then
     local depth = 0
-    for i = 5, #KEYS do
+    for i = 6, #KEYS do
         depth = depth + redis.call('LLEN', KEYS[i])
     end
     if depth >= limit then
         return {'full', tostring(depth)}
     end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('RPUSH', KEYS[2], id)
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('SET', KEYS[3], id, 'EX', ttl)
 if fingerprint ~= '' then
     redis.call('SET', KEYS[4], fingerprint .. '|' .. id, 'EX', ttl)
+end
+if KEYS[5] ~= '' then
+    redis.call('LPUSH', KEYS[5], ARGV[6])
 end
 return {'created', id}
 """

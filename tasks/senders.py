@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from models.declaration import ModelSpec
-from tasks.celery_app import BATCH_CHUNK_TASK, BATCH_PLAN_TASK, BATCH_QUEUE, PREDICT_TASK
+from tasks.celery_app import BATCH_CHUNK_TASK, BATCH_PLAN_TASK, BATCH_QUEUE, PREDICT_TASK, held_messages
 
 
 class TaskSender:
@@ -17,6 +17,14 @@ class TaskSender:
         self.dispatch(PREDICT_TASK, [prediction_id, spec.name, spec.version], queue=spec.queue,
                       time_limits=(spec.timeout_s, spec.hard_timeout_s), countdown=countdown,
                       describe=f"{spec.name} {spec.version}, prediction {prediction_id}")
+
+    def message(self, prediction_id: str, spec: ModelSpec) -> tuple[str, str]:
+        """What `send` would push, as (Redis list, payload), for a caller that pushes it in
+        one step with the prediction's record; it calls `pushed` once it has."""
+        raise NotImplementedError
+
+    def pushed(self, prediction_id: str, spec: ModelSpec) -> None:
+        """The message of `message` is on its queue."""
 
     def send_plan(self, job_id: str) -> None:
         self.dispatch(BATCH_PLAN_TASK, [job_id], queue=BATCH_QUEUE)
@@ -40,6 +48,12 @@ class CelerySender(TaskSender):
         # holding the request in kombu's reconnect loop.
         self.celery.send_task(task, args=args, queue=queue, retry=False, **options)
 
+    def message(self, prediction_id: str, spec: ModelSpec) -> tuple[str, str]:
+        with held_messages() as held:
+            self.send(prediction_id, spec)
+        [message] = held
+        return message
+
 
 class RecordingSender(TaskSender):
     """Keeps what would have been sent; for tests and for running the API without workers."""
@@ -54,3 +68,9 @@ class RecordingSender(TaskSender):
                           "countdown": countdown})
         if self.on_send is not None:
             self.on_send(*args)
+
+    def message(self, prediction_id: str, spec: ModelSpec) -> tuple[str, str]:
+        return "", ""  # nothing to push: `pushed` records it
+
+    def pushed(self, prediction_id: str, spec: ModelSpec) -> None:
+        self.send(prediction_id, spec)

@@ -233,6 +233,8 @@ class Submissions(MethodView):
         prediction_id = records.new_prediction_id()
         wait_s = prefer_wait(ferry.settings.max_wait_s)
         waiting = bool(wait_s) and ferry.waiters.acquire(blocking=False)
+        # The prediction's Celery message is pushed by the submit script, with its record.
+        message = ferry.sender.message(prediction_id, spec)
         try:
             # Watch before the prediction exists, so that its end cannot slip past unseen.
             with ferry.store.watching(prediction_id) if waiting else contextlib.nullcontext() as watch:
@@ -241,7 +243,7 @@ class Submissions(MethodView):
                     cache_key=cache_key, owner=owner, request_id=request_ids.current(), prediction_id=prediction_id,
                     queue_pending=ferry.registry.pending_keys(ferry.store, spec.queue),
                     limit=ferry.settings.queue_limit_for(spec.queue), idempotency=idempotency,
-                    revision=spec.revision)
+                    revision=spec.revision, message=message)
                 if outcome == "mismatch":
                     _idempotency_mismatch(key)
                 if outcome == "full":
@@ -249,12 +251,7 @@ class Submissions(MethodView):
                           headers={"Retry-After": str(ferry.settings.retry_after_s)})
                 if outcome == "created":
                     logs.prediction_id.set(prediction_id)
-                    try:
-                        ferry.sender.send(prediction_id, spec)
-                    except Exception:
-                        # Never leave a record behind for a task that was not queued.
-                        ferry.store.delete(prediction_id)
-                        raise
+                    ferry.sender.pushed(prediction_id, spec)
                     metrics.SUBMITTED.labels(spec.name).inc()
                     log.info("prediction queued for %s %s on %s", spec.name, spec.version, spec.queue)
                     headers = {"Location": url_for("predictions.PredictionById", prediction_id=prediction_id)}

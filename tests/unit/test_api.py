@@ -172,7 +172,7 @@ def test_broker_failure_leaves_no_record(fake_redis):
     from kombu.exceptions import OperationalError
 
     class DownSender(RecordingSender):
-        def send(self, *args, **kwargs):
+        def message(self, *args, **kwargs):
             raise OperationalError("broker down")
 
     app = create_app({"redis_url": "redis://unused:1/0"}, redis_client=fake_redis, sender=DownSender())

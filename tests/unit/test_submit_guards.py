@@ -203,3 +203,17 @@ def test_cancel_checks_ask_redis_sparingly(cancel_ctx):
     assert check() is False  # asked less than a second ago
     now[0] += 1.0
     assert check() is True
+
+
+def test_the_message_is_pushed_with_the_record_and_only_when_one_is_created(fake_redis):
+    store = records.PredictionStore(fake_redis)
+
+    def submit(n: int, limit: int = 0):
+        return store.submit(model="digits", version="1.0.0", queue="realtime-cpu", validated_input={"n": n},
+                            cache_key=f"ferry:cache:digits:1.0.0:{n}", owner="k1", limit=limit,
+                            queue_pending=[store.pending_key("digits", "1.0.0")], message=("celery-list", f"m{n}"))
+
+    assert submit(1)[0] == "created"
+    assert submit(1)[0] == "joined"  # shares the first: no second message
+    assert submit(2, limit=1)[0] == "full"
+    assert fake_redis.lrange("celery-list", 0, -1) == ["m1"]

@@ -1,0 +1,26 @@
+"""The prediction message the API pushes itself is the one Celery would have pushed."""
+import base64
+import json
+
+import redis
+
+from models.declaration import parse_repository
+from tasks.celery_app import create_celery
+from tasks.senders import CelerySender
+from tasks.settings import Settings
+from tests.fake_models import declaration
+
+
+def test_a_held_message_is_what_celery_would_push_and_nothing_is_pushed(redis_url):
+    [spec] = parse_repository({"models": [declaration("echo", "Echo", queue="held-messages")]})
+    sender = CelerySender(create_celery(Settings(redis_url=redis_url)))
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    key, payload = sender.message("a" * 32, spec)
+    assert key == "held-messages" and client.llen(key) == 0
+    message = json.loads(payload)
+    assert message["headers"]["task"] == "ferry.predict"
+    assert message["headers"]["timelimit"] == [spec.hard_timeout_s, spec.timeout_s]
+    assert json.loads(base64.b64decode(message["body"]))[0] == ["a" * 32, "echo", "1"]
+    sender.send("b" * 32, spec)  # outside `message`, Celery pushes as ever
+    assert client.llen(key) == 1
+    client.delete(key)
