@@ -106,6 +106,17 @@ def redis_counts(url: str) -> tuple[int, int]:
     return stats["total_commands_processed"], stats["total_connections_received"]
 
 
+def redis_round_trips(url: str) -> int:
+    """Reads of client requests by a Redis so far: one per round trip (a pipeline or a
+    script is one), so a path's count of waits for Redis (and, for a write, its fsync)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    reads = client.info("stats")["total_reads_processed"]
+    client.close()
+    return reads
+
+
 class Processes:
     """Starts processes in their own sessions and stops them all on exit."""
 

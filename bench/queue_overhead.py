@@ -18,8 +18,8 @@ import time
 import redis
 import yaml
 
-from bench.harness import (api_key, cpu_seconds, ferry_settings, redis_counts, start_api, start_worker, table, wait_ready,
-                           warm_up, workspace, wrk)
+from bench.harness import (api_key, cpu_seconds, ferry_settings, redis_counts, redis_round_trips, start_api,
+                           start_worker, table, wait_ready, warm_up, workspace, wrk)
 
 NOOP = {"name": "noop", "kind": "torch", "version": "1", "entrypoint": "bench.noop_model:Noop",
         "queue": "realtime-cpu", "batching": {"max_batch_size": 32, "max_wait_ms": 0},
@@ -61,20 +61,20 @@ def run(seconds: float, fsync: str = "always") -> str:
         spent = {name: ((done[name] - busy[name]) - (busy[name] - idle[name]) * load.seconds / idle_s) / n
                  for name in done}
         cpu = {name: spent[name] * 1000 for name in groups}
-        commands, connections = spent["commands"], spent["connections"]
+        commands, round_trips = spent["commands"], spent["round trips"]
         to_worker, on_worker = stages(server.url)
     return table(["requests", "median ms", "p90 ms", "p99 ms", "submit to worker ms", "on worker ms",
-                  "CPU ms per request (API / worker / Redis)", "Redis commands / connections per request", "errors"],
+                  "CPU ms per request (API / worker / Redis)", "Redis commands / round trips per request", "errors"],
                  [[load.ok, f"{load.p50_ms:.2f}", f"{load.p90_ms:.2f}", f"{load.p99_ms:.2f}", f"{to_worker:.2f}",
                    f"{on_worker:.2f}", " / ".join(f"{cpu[name]:.2f}" for name in groups),
-                   f"{commands:.1f} / {connections:.2f}", load.problems() or "-"]])
+                   f"{commands:.1f} / {round_trips:.1f}", load.problems() or "-"]])
 
 
 def costs(groups: dict, redis_url: str) -> dict:
-    """CPU seconds of each process group, and Redis's commands and connections, so far."""
-    commands, connections = redis_counts(redis_url)
+    """CPU seconds of each process group, and Redis's commands and round trips, so far."""
+    commands, _ = redis_counts(redis_url)
     return {**{name: cpu_seconds(proc) for name, proc in groups.items()},
-            "commands": commands, "connections": connections}
+            "commands": commands, "round trips": redis_round_trips(redis_url)}
 
 
 def api_proc(processes):
