@@ -156,7 +156,8 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
     for record, (encoded, error) in zip(batch, outcomes):
         tags = {"prediction_id": record["id"], "request_id": record.get("request_id") or "-"}
         if record["id"] in canceled:
-            ctx.store.update(record["id"], records.CANCELED, pipe=pipe, finished_at=finished, batch_size=size)
+            ctx.store.update(record["id"], records.CANCELED, pipe=pipe, record=record, finished_at=finished,
+                             batch_size=size)
             statuses[record["id"]] = records.CANCELED
             log.info("prediction of %s canceled while running", spec.name, extra=tags)
         elif error is None:
@@ -193,7 +194,7 @@ def _retry_or_fail(ctx: WorkerContext, spec: ModelSpec, batch: list[dict], error
     for record in batch:
         done = int(record.get("retries") or 0)
         if done >= spec.max_retries:
-            ctx.store.update(record["id"], records.FAILED, pipe=pipe, finished_at=repr(now),
+            ctx.store.update(record["id"], records.FAILED, pipe=pipe, record=record, finished_at=repr(now),
                              error=f"{error} (gave up after {done} retries)")
             statuses[record["id"]] = records.FAILED
             observed.count(metrics.FAILED, spec.name)
@@ -219,7 +220,7 @@ def _retry_or_fail(ctx: WorkerContext, spec: ModelSpec, batch: list[dict], error
 def _fail(ctx: WorkerContext, prediction_id: str, message: str, model: str, record: dict | None = None) -> str:
     pipe = ctx.redis.pipeline(transaction=False)
     now = time.time()
-    ctx.store.update(prediction_id, records.FAILED, pipe=pipe, error=message, finished_at=repr(now))
+    ctx.store.update(prediction_id, records.FAILED, pipe=pipe, record=record, error=message, finished_at=repr(now))
     if record is not None:
         ctx.request_log.finished(pipe, record, records.FAILED, now)
     observed = metrics.Observations(ctx.settings.key_prefix)

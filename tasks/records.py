@@ -31,7 +31,7 @@ import redis
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
 # Never announced on the pub/sub channel: the input can be large, and these are nobody's business there.
-_PRIVATE = ("input", "cache_key", "owner")
+_PRIVATE = ("input", "cache_key", "owner", "waiter")
 # Published on a prediction's channel when its progress changed but not its status.
 PROGRESS = "progress"
 
@@ -57,7 +57,7 @@ def is_prediction_id(value: str) -> bool:
 
 
 def _new_record(model: str, version: str, queue: str, validated_input: dict, cache_key: str, owner: str,
-                request_id: str = "", prediction_id: str | None = None, revision: str = "") -> dict:
+                request_id: str = "", prediction_id: str | None = None, revision: str = "", waiter: str = "") -> dict:
     record = {
         "id": prediction_id or new_prediction_id(),
         "model": model,
@@ -74,6 +74,8 @@ def _new_record(model: str, version: str, queue: str, validated_input: dict, cac
     }
     if revision:  # a model registered at run time: which registration of it was asked for
         record["revision"] = revision
+    if waiter:  # the channel of the API process waiting for it (Prefer: wait), told when it ends
+        record["waiter"] = waiter
     return record
 
 
@@ -84,6 +86,7 @@ class PredictionStore:
         self.ttl_s = ttl_s
         self._local = threading.local()
         self._scripts: dict = {}
+        self._waiters = None
 
     def key(self, prediction_id: str) -> str:
         return f"{self.prefix}prediction:{prediction_id}"
@@ -131,7 +134,7 @@ class PredictionStore:
     def submit(self, *, model: str, version: str, queue: str, validated_input: dict, cache_key: str, owner: str,
                queue_pending: list[str], limit: int, request_id: str = "", prediction_id: str | None = None,
                idempotency: tuple[str, str] | None = None, revision: str = "",
-               message: tuple[str, str] = ("", "")) -> tuple[str, str, dict | None]:
+               message: tuple[str, str] = ("", ""), waiter: str = "") -> tuple[str, str, dict | None]:
         """Create a queued prediction and push its `message` (a Redis list and the payload
         to push onto it; none when the list is ""), in one atomic step with the checks that
         may stop it:
@@ -146,7 +149,7 @@ class PredictionStore:
         The third item is the new record when one was created.
         """
         record = _new_record(model, version, queue, validated_input, cache_key, owner, request_id, prediction_id,
-                             revision)
+                             revision, waiter)
         prediction_id = record["id"]
         key, fingerprint = idempotency or ("", "")
         message_list, payload = message
@@ -282,13 +285,16 @@ class PredictionStore:
     def update(self, prediction_id: str, status: str, *, pipe=None, record: dict | None = None, **fields) -> None:
         """Write a status change and announce it on the id's channel, as JSON with the fields
         that changed. Given `record` (the record as the caller holds it), a terminal
-        announcement carries the whole record but its private fields, so a waiter reads nothing."""
+        announcement carries the whole record but its private fields, so a waiter reads nothing,
+        and goes to the channel of the API process waiting for it too (`waiter`)."""
         mapping = {"status": status, **{k: v for k, v in fields.items() if v is not None}}
         target = pipe or self.redis.pipeline(transaction=False)
         target.hset(self.key(prediction_id), mapping=mapping)
         announcement = mapping
         if record is not None and status in TERMINAL:
             announcement = {**{k: v for k, v in record.items() if k not in _PRIVATE}, **mapping}
+            if record.get("waiter"):
+                target.publish(record["waiter"], orjson.dumps(announcement))
         target.publish(self.channel(prediction_id), orjson.dumps(announcement))
         if pipe is None:
             target.execute()
@@ -310,11 +316,21 @@ class PredictionStore:
         index = self.redis.lpos(self.pending_key(record["model"], record["version"]), record["id"])
         return None if index is None else index + 1
 
+    def waiting(self, prediction_id: str):
+        """A context that yields a `Wait` for a prediction this process is about to create,
+        with its record's `waiter` channel: the process's one subscription (tasks/waiters.py)."""
+        if self._waiters is None:
+            from tasks.waiters import ProcessWaiters
+
+            self._waiters = ProcessWaiters(self)
+        return self._waiters.waiting(prediction_id)
+
     @contextlib.contextmanager
     def watching(self, prediction_id: str):
         """Subscribe to the id's announcements (confirmed) and yield a `Watch`; enter it
-        before the prediction is created and queued, so no change can be missed. Each
-        thread keeps one subscriber connection from wait to wait."""
+        before the prediction can end, so no change can be missed. For a prediction made by
+        another request, whose record cannot name this process as its waiter. Each thread
+        keeps one subscriber connection from wait to wait."""
         pubsub = getattr(self._local, "pubsub", None)
         if pubsub is None:
             pubsub = self._local.pubsub = self.redis.pubsub()
@@ -432,6 +448,10 @@ if status == 'queued' and redis.call('EXISTS', KEYS[2]) == 0 then
     redis.call('LREM', KEYS[3], 0, ARGV[1])
     redis.call('ZREM', KEYS[4], ARGV[1])
     redis.call('PUBLISH', ARGV[4], 'canceled')
+    local waiter = redis.call('HGET', KEYS[1], 'waiter')
+    if waiter then
+        redis.call('PUBLISH', waiter, cjson.encode({id = ARGV[1], status = 'canceled'}))
+    end
     return 'canceled'
 end
 if ARGV[2] == '1' then
@@ -526,6 +546,10 @@ for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
         redis.call('HSET', record, 'status', 'failed', 'error', ARGV[2], 'finished_at', ARGV[3])
         redis.call('PUBLISH', ARGV[1] .. 'events:' .. id,
                    cjson.encode({status = 'failed', error = ARGV[2], finished_at = ARGV[3]}))
+        local waiter = redis.call('HGET', record, 'waiter')
+        if waiter then
+            redis.call('PUBLISH', waiter, cjson.encode({id = id, status = 'failed'}))
+        end
         redis.call('LREM', KEYS[1], 0, id)
         failed[#failed + 1] = id
     end

@@ -236,14 +236,14 @@ class Submissions(MethodView):
         # The prediction's Celery message is pushed by the submit script, with its record.
         message = ferry.sender.message(prediction_id, spec)
         try:
-            # Watch before the prediction exists, so that its end cannot slip past unseen.
-            with ferry.store.watching(prediction_id) if waiting else contextlib.nullcontext() as watch:
+            # Wait before the prediction exists, so that its end cannot slip past unseen.
+            with ferry.store.waiting(prediction_id) if waiting else contextlib.nullcontext() as watch:
                 outcome, value, record = ferry.store.submit(
                     model=spec.name, version=spec.version, queue=spec.queue, validated_input=validated,
                     cache_key=cache_key, owner=owner, request_id=request_ids.current(), prediction_id=prediction_id,
                     queue_pending=ferry.registry.pending_keys(ferry.store, spec.queue),
                     limit=ferry.settings.queue_limit_for(spec.queue), idempotency=idempotency,
-                    revision=spec.revision, message=message)
+                    revision=spec.revision, message=message, waiter=watch.channel if watch is not None else "")
                 if outcome == "mismatch":
                     _idempotency_mismatch(key)
                 if outcome == "full":

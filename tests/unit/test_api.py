@@ -137,7 +137,9 @@ def test_prefer_wait_answers_200_when_done_in_time(fake_redis):
         def finish():
             store = records.PredictionStore(fake_redis)
             store.update(prediction_id, records.RUNNING, started_at="1.0")
-            store.update(prediction_id, records.SUCCEEDED, output='{"label": 7}', finished_at="2.0")
+            record = store.get(prediction_id)
+            assert record["waiter"]  # the API process waiting for it
+            store.update(prediction_id, records.SUCCEEDED, record=record, output='{"label": 7}', finished_at="2.0")
         threading.Timer(0.2, finish).start()
 
     app = create_app({"redis_url": "redis://unused:1/0"}, redis_client=fake_redis,
