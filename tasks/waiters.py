@@ -82,8 +82,9 @@ class ProcessWaiters:
                     if message is not None and message["type"] == "message":
                         self._deliver(message["data"])
             except Exception as exc:  # Redis restarting: subscribe again; waiters read their records then
+                if self._subscribed.is_set():  # once per outage, not at every try
+                    log.warning("waiting for predictions: lost the subscription to %s (%s)", self.channel, exc)
                 self._subscribed.clear()
-                log.warning("waiting for predictions: lost the subscription to %s (%s)", self.channel, exc)
                 time.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
