@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 from typing import Callable
+
+from tasks.per_process import OncePerProcess
 
 log = logging.getLogger(__name__)
 
@@ -19,18 +20,14 @@ class PeriodicFlush:
 
     def __init__(self, flush: Callable[[], None], every_s: float, what: str):
         self.flush, self.every_s, self.what = flush, every_s, what
-        self._pid: int | None = None
+        self.ensure_running = OncePerProcess(self._start)
 
-    def ensure_running(self) -> None:
-        if self._pid == os.getpid():
-            return
-        self._pid = os.getpid()
+    def _start(self) -> None:
         threading.Thread(target=self._forever, name=f"ferry-flush-{self.what}", daemon=True).start()
         atexit.register(self.quietly)
 
     def _forever(self) -> None:
-        pid = os.getpid()
-        while self._pid == pid:
+        while True:
             time.sleep(self.every_s)
             self.quietly()
 

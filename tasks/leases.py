@@ -13,6 +13,8 @@ import os
 import socket
 import threading
 
+from tasks.per_process import OncePerProcess
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,8 @@ class LeaseKeeper:
         self.lease_s = lease_s
         self._held: dict[int, list[str]] = {}
         self._lock = threading.Lock()
-        self._pid: int | None = None
+        self._start_once_per_process = OncePerProcess(
+            lambda: threading.Thread(target=self._renew_forever, name="ferry-leases", daemon=True).start())
 
     @contextlib.contextmanager
     def holding(self, ids: list[str]):
@@ -50,15 +53,6 @@ class LeaseKeeper:
 
     def renew_now(self) -> int:
         return self.store.renew(self.held(), worker_name(), self.lease_s)
-
-    def _start_once_per_process(self) -> None:
-        # Threads do not survive a fork: each pool process starts its own.
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                threading.Thread(target=self._renew_forever, name="ferry-leases", daemon=True).start()
 
     def _renew_forever(self) -> None:
         wake = threading.Event()

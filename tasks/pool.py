@@ -25,6 +25,7 @@ from models.declaration import ModelSpec
 from models.registry import instantiate
 from tasks.heartbeat import fresh_entries
 from tasks.leases import worker_name
+from tasks.per_process import OncePerProcess
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,8 @@ class ModelPool:
         self.serves = serves or (lambda spec: True)
         self._models: collections.OrderedDict[tuple[str, str], Loaded] = collections.OrderedDict()
         self._lock = threading.RLock()
-        self._reporter: threading.Thread | None = None
-        self._reporter_pid: int | None = None
+        self._start_reporting = OncePerProcess(
+            lambda: threading.Thread(target=self._report_forever, name="ferry-pool", daemon=True).start())
 
     @property
     def device(self) -> str:
@@ -129,7 +130,8 @@ class ModelPool:
         log.info("loaded model %s:%s on %s in %.1fs (%.0f MB)", spec.name, spec.version, device,
                  time.perf_counter() - started, memory / 2**20)
         entry = Loaded(spec, model, since=now, last_used=now, memory_bytes=memory, device=device)
-        self._start_reporting()
+        if self.redis is not None:
+            self._start_reporting()
         self._report(entry)
         return entry
 
@@ -214,21 +216,13 @@ class ModelPool:
                 self._report(entry, pipe)
             pipe.execute()
 
-    def _start_reporting(self) -> None:
-        if self.redis is None or self._reporter_pid == os.getpid():
-            return
-        self._reporter_pid = os.getpid()
-
-        def report_forever() -> None:
-            while True:
-                time.sleep(self.report_s)
-                try:
-                    self.report_all()
-                except Exception as exc:  # Redis restarting: the next round tries again
-                    log.warning("could not report the loaded models: %s", exc)
-
-        self._reporter = threading.Thread(target=report_forever, name="ferry-pool", daemon=True)
-        self._reporter.start()
+    def _report_forever(self) -> None:
+        while True:
+            time.sleep(self.report_s)
+            try:
+                self.report_all()
+            except Exception as exc:  # Redis restarting: the next round tries again
+                log.warning("could not report the loaded models: %s", exc)
 
     def close(self) -> None:
         with self._lock:

@@ -22,6 +22,7 @@ import uuid
 import orjson
 import redis
 
+from tasks.per_process import OncePerProcess
 from tasks.records import TERMINAL
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class ProcessWaiters:
         self._waiting: dict[str, queue.SimpleQueue] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self._pid: int | None = None
+        self._start_once_per_process = OncePerProcess(self._start)
 
     @contextlib.contextmanager
     def waiting(self, prediction_id: str):
@@ -55,17 +56,13 @@ class ProcessWaiters:
             with self._lock:
                 self._waiting.pop(prediction_id, None)
 
-    def _start_once_per_process(self) -> None:
-        # Threads do not survive a fork (gunicorn forks its workers): each process starts its own.
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._subscribed = threading.Event()
-                self._waiting = {}
-                self.channel = f"{self.store.prefix}waiter:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-                threading.Thread(target=self._listen_forever, name="ferry-waiters", daemon=True).start()
+    def _start(self) -> None:
+        # A process of its own (gunicorn forks its workers): a channel and a listener of its own.
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._waiting = {}
+        self.channel = f"{self.store.prefix}waiter:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        threading.Thread(target=self._listen_forever, name="ferry-waiters", daemon=True).start()
 
     def _listen_forever(self) -> None:
         while True:
