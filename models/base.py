@@ -111,14 +111,16 @@ def checked_predict(model: Model, inputs: list[dict]) -> list[dict]:
 
 
 def encode_output(output: dict) -> str:
-    """One output as strict JSON; a numpy scalar, NaN or infinity fails here, loudly.
+    """One output as strict JSON; an array, a numpy scalar that is not a float64 (a subclass
+    of float), NaN or infinity fails here, loudly.
 
     orjson writes it at a tenth of the stdlib's cost, which for a small model is a sizeable
-    share of a batch's. What orjson refuses (keys that are not strings, numpy's float64,
-    ints past 64 bits) or would write as `null` (NaN and infinities, besides None) goes to
-    the stdlib, which decides as it always has."""
+    share of a batch's. What orjson refuses (keys that are not strings, numpy scalars, ints
+    past 64 bits, and, by the options below, dates and dataclasses) or would write as `null`
+    (NaN and infinities, besides None) goes to the stdlib, which decides as it always has.
+    The one widening: orjson writes a UUID or an enum member as its value."""
     try:
-        encoded = orjson.dumps(output)
+        encoded = orjson.dumps(output, option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS)
         if b"null" not in encoded:
             return encoded.decode()
     except TypeError:

@@ -21,8 +21,9 @@ class OncePerProcess:
             return
         with self._lock:
             if self._pid != os.getpid():
-                self._pid = os.getpid()
                 self._start()
+                # Last: a thread that finds it set skips the lock, and must find all `start` did.
+                self._pid = os.getpid()
 
     def started_here(self) -> bool:
         return self._pid == os.getpid()

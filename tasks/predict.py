@@ -161,6 +161,9 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
             statuses[record["id"]] = records.CANCELED
             log.info("prediction of %s canceled while running", spec.name, extra=tags)
         elif error is None:
+            if record.get("retries"):
+                record.pop("error", None)  # a retry's note, now moot (deleted below)
+                record.pop("retry_at", None)
             ctx.cache.set(record["cache_key"], encoded, spec.cache_ttl_s, pipe=pipe)
             ctx.store.update(record["id"], records.SUCCEEDED, pipe=pipe, record=record, output=encoded,
                              finished_at=finished, batch_size=size)

@@ -284,17 +284,21 @@ class PredictionStore:
 
     def update(self, prediction_id: str, status: str, *, pipe=None, record: dict | None = None, **fields) -> None:
         """Write a status change and announce it on the id's channel, as JSON with the fields
-        that changed. Given `record` (the record as the caller holds it), a terminal
-        announcement carries the whole record but its private fields, so a waiter reads nothing,
-        and goes to the channel of the API process waiting for it too (`waiter`)."""
+        that changed. Given `record` (the record as the caller holds it), a success is
+        announced with the whole record but its private fields, so a waiter reads nothing
+        back, and a terminal status goes to the channel of the API process waiting for it too
+        (`waiter`). A failure or cancel is announced with its changes only, and waiters read
+        the record: progress and retry notes written while it ran are not in the caller's copy."""
         mapping = {"status": status, **{k: v for k, v in fields.items() if v is not None}}
         target = pipe or self.redis.pipeline(transaction=False)
         target.hset(self.key(prediction_id), mapping=mapping)
         announcement = mapping
         if record is not None and status in TERMINAL:
-            announcement = {**{k: v for k, v in record.items() if k not in _PRIVATE}, **mapping}
+            if status == SUCCEEDED:
+                announcement = {**{k: v for k, v in record.items() if k not in _PRIVATE}, **mapping}
             if record.get("waiter"):
-                target.publish(record["waiter"], orjson.dumps(announcement))
+                told = announcement if status == SUCCEEDED else {"id": prediction_id, "status": status}
+                target.publish(record["waiter"], orjson.dumps(told))
         target.publish(self.channel(prediction_id), orjson.dumps(announcement))
         if pipe is None:
             target.execute()

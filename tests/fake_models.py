@@ -138,3 +138,18 @@ class Weighty(Model):
 
 # Names of the Weighty models the pool closed, in order (unit tests read it).
 CLOSED: list[str] = []
+
+
+class Halfway(Model):
+    """Reports half its progress, is canceled meanwhile (as a DELETE arriving mid-run would),
+    then reaches its cancellation point."""
+
+    cancel = staticmethod(lambda: None)  # set by the test: cancels the running prediction
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        for index in range(len(batch)):
+            self.report_progress(index, 0.5, {"so_far": 1})
+        self.cancel()
+        time.sleep(0.3)  # the cancel check reads Redis at most every 0.25 s
+        self.check_canceled()
+        return [{"done": True} for _ in batch]

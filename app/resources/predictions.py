@@ -232,9 +232,11 @@ class Submissions(MethodView):
         metrics.CACHE_MISSES.labels(spec.name).inc()
         prediction_id = records.new_prediction_id()
         wait_s = prefer_wait(ferry.settings.max_wait_s)
-        waiting = bool(wait_s) and ferry.waiters.acquire(blocking=False)
-        # The prediction's Celery message is pushed by the submit script, with its record.
+        # The prediction's Celery message is pushed by the submit script, with its record. Built
+        # before a waiter's slot is taken: building it may fail (the broker away), and the
+        # slot is given back only below.
         message = ferry.sender.message(prediction_id, spec)
+        waiting = bool(wait_s) and ferry.waiters.acquire(blocking=False)
         try:
             # Wait before the prediction exists, so that its end cannot slip past unseen.
             with ferry.store.waiting(prediction_id) if waiting else contextlib.nullcontext() as watch:

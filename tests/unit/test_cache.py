@@ -58,7 +58,15 @@ def test_outputs_are_encoded_as_strict_json_whoever_writes_them():
     # What orjson refuses or would write as null goes to the stdlib, which decides as before.
     assert encode_output({"a": None, "b": "null"}) == '{"a":null,"b":"null"}'
     assert encode_output({1: np.float64(0.5), "big": 2**70}) == '{"1":0.5,"big":1180591620717411303424}'
-    for bad in ({"p": float("nan")}, {"p": [float("inf")]}, {"p": np.float32(0.5)}, {"p": object()}):
+    import dataclasses
+    import datetime
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    for bad in ({"p": float("nan")}, {"p": [float("inf")]}, {"p": np.float32(0.5)}, {"p": object()},
+                {"when": datetime.datetime(2026, 1, 1)}, {"p": Point(1)}, {"p": np.array([1.0])}):
         with pytest.raises(TypeError, match="not plain JSON"):
             encode_output(bad)
     assert json.loads(encode_output({"p": [0.1, 2.5e-7]})) == {"p": [0.1, 2.5e-7]}

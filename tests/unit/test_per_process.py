@@ -20,3 +20,22 @@ def test_it_starts_once_in_a_process_and_again_in_a_forked_child():
     os.waitpid(child, 0)
     assert os.read(read, 10) == b"2"  # the parent's start, and its own once
     assert started == [os.getpid()]
+
+
+def test_a_thread_arriving_while_another_starts_finds_the_start_done():
+    import threading
+    import time
+
+    done = threading.Event()
+
+    def start():
+        time.sleep(0.2)
+        done.set()
+
+    once = OncePerProcess(start)
+    first = threading.Thread(target=once)
+    first.start()
+    time.sleep(0.05)  # the first thread is inside `start`
+    once()
+    assert done.is_set(), "returned before the start it skipped had finished"
+    first.join()

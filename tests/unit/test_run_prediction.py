@@ -413,3 +413,61 @@ def test_error_messages_are_one_clear_line_without_traceback(exc, expected):
     from models.base import error_message
 
     assert error_message(exc) == expected
+
+
+@pytest.fixture
+def waited_ctx(fake_redis):
+    specs = parse_repository({"models": [
+        declaration("flaky", "Flaky", retries={"max": 3, "backoff_s": 0.001, "backoff_max_s": 0.001}),
+        declaration("halfway", "Halfway", cancelable=True),
+    ]})
+    ctx = WorkerContext.build(Settings(redis_url="redis://unused:1/0"), fake_redis, Registry(specs))
+    ctx.sender.send = lambda *args, **kwargs: None  # a retry's message: run by hand below
+    return ctx
+
+
+def waited_and_read(ctx, fake_redis, record, run) -> tuple[dict, dict]:
+    """What a `Prefer: wait` answers (the announcement on its process's channel, or the
+    record read back when it names only the status) and what GET answers."""
+    from app.resources.predictions import view
+    from tasks.waiters import Wait
+
+    fake_redis.hset(ctx.store.key(record["id"]), "waiter", "ferry:waiter:test")
+    pubsub = fake_redis.pubsub()
+    pubsub.subscribe("ferry:waiter:test")
+    pubsub.get_message(timeout=1)
+    run()
+    import queue
+
+    inbox = queue.SimpleQueue()
+    inbox.put(json.loads(pubsub.get_message(timeout=1)["data"]))
+    waited = Wait(ctx.store, record["id"], inbox, "ferry:waiter:test").wait(1)
+    return view(waited), view(ctx.store.get(record["id"]))
+
+
+def test_a_waited_success_after_retries_shows_no_retry_note(waited_ctx, fake_redis):
+    record = submit(waited_ctx, "flaky", 1.0)
+
+    def run():
+        assert run_prediction(record["id"], waited_ctx, "flaky", "1") == records.QUEUED  # transient: retried
+        time.sleep(0.01)
+        assert run_prediction(record["id"], waited_ctx, "flaky", "1") == records.SUCCEEDED
+
+    waited, got = waited_and_read(waited_ctx, fake_redis, record, run)
+    assert waited == got and waited["error"] is None
+
+
+def test_a_waited_cancel_while_running_shows_what_get_shows(waited_ctx, fake_redis):
+    from tests.fake_models import Halfway
+
+    record = submit(waited_ctx, "halfway", 1.0)
+    Halfway.cancel = staticmethod(lambda: waited_ctx.store.cancel(waited_ctx.store.get(record["id"]), True))
+
+    def run():
+        assert run_prediction(record["id"], waited_ctx, "halfway", "1") == records.CANCELED
+
+    try:
+        waited, got = waited_and_read(waited_ctx, fake_redis, record, run)
+    finally:
+        Halfway.cancel = staticmethod(lambda: None)
+    assert waited == got and waited["status"] == records.CANCELED and waited["progress"] == 0.5

@@ -217,3 +217,27 @@ def test_the_message_is_pushed_with_the_record_and_only_when_one_is_created(fake
     assert submit(1)[0] == "joined"  # shares the first: no second message
     assert submit(2, limit=1)[0] == "full"
     assert fake_redis.lrange("celery-list", 0, -1) == ["m1"]
+
+
+def test_a_message_that_cannot_be_built_gives_its_wait_slot_back(fake_redis):
+    from kombu.exceptions import OperationalError
+
+    from tasks.senders import RecordingSender
+
+    class BrokerDown(RecordingSender):
+        down = True
+
+        def message(self, prediction_id, spec):
+            if self.down:
+                raise OperationalError("broker down")
+            return super().message(prediction_id, spec)
+
+    sender = BrokerDown()
+    app = create_app({"TESTING": True, "redis_url": "redis://unused:1/0"}, redis_client=fake_redis, sender=sender)
+    client = keyed_client(app)
+    slots = app.extensions["ferry"].settings.max_waiters
+    for n in range(slots + 1):
+        assert post(client, n, {"Prefer": "wait=1"}).status_code == 503
+    sender.down = False
+    answer = post(client, 99, {"Prefer": "wait=0.2"})
+    assert answer.status_code == 202 and answer.headers["Preference-Applied"] == "wait=0.2"
