@@ -5,6 +5,7 @@ afterwards; no test touches a Redis it did not start.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -83,15 +84,19 @@ class RedisServer:
 
 
 def stop_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
-    """Stop a process started with start_new_session=True, and everything it started."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
+    """Stop a process started with start_new_session=True, and everything it started: what
+    outlives the leader (a child that handles SIGTERM and goes on, as LitServe's workers
+    did, spinning on a dead queue) is killed with it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+    proc.wait(10)
 
 
 def ferry_env(**settings) -> dict:
