@@ -314,6 +314,11 @@ class PredictionStore:
         pipe.publish(self.channel(prediction_id), PROGRESS)
         pipe.execute()
 
+    def ended(self, prediction_id: str, announced: dict) -> dict | None:
+        """The record of a prediction announced as terminal: the announcement when it is the
+        whole record (a success), else read back (`update`)."""
+        return announced if "model" in announced else self.get(prediction_id)
+
     def queue_position(self, record: dict) -> int | None:
         """1 for the next prediction of its model to be taken, 2 after it, ...; None when
         it is not waiting in the model's pending list."""
@@ -367,7 +372,7 @@ class Watch:
             if data.startswith("{"):
                 announced = orjson.loads(data)
                 if announced["status"] in TERMINAL:
-                    return announced if "id" in announced else self.store.get(self.prediction_id)
+                    return self.store.ended(self.prediction_id, announced)
         return self.store.get(self.prediction_id)
 
 
@@ -574,6 +579,3 @@ end
 return held
 """
 
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

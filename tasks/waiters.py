@@ -127,6 +127,5 @@ class Wait:
                 if record is None or record["status"] in TERMINAL:
                     return record
             elif news["status"] in TERMINAL:
-                # The whole record (it has a model), or only its id and status from a script.
-                return news if "model" in news else self.store.get(self.prediction_id)
+                return self.store.ended(self.prediction_id, news)
         return self.store.get(self.prediction_id)
