@@ -456,7 +456,7 @@ if status == 'queued' and redis.call('EXISTS', KEYS[2]) == 0 then
     redis.call('HDEL', KEYS[1], 'retry_at')
     redis.call('LREM', KEYS[3], 0, ARGV[1])
     redis.call('ZREM', KEYS[4], ARGV[1])
-    redis.call('PUBLISH', ARGV[4], 'canceled')
+    redis.call('PUBLISH', ARGV[4], cjson.encode({status = 'canceled', finished_at = ARGV[3]}))
     local waiter = redis.call('HGET', KEYS[1], 'waiter')
     if waiter then
         redis.call('PUBLISH', waiter, cjson.encode({id = ARGV[1], status = 'canceled'}))

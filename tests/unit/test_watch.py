@@ -122,3 +122,16 @@ def test_waiting_requests_read_their_record_once_the_subscription_is_back(fake_r
         fake_redis.hset(store.key(record["id"]), mapping={"status": records.SUCCEEDED, "output": "{}"})
         store._waiters._tell_everyone(_READ_AGAIN)
         assert wait.wait(5.0)["status"] == records.SUCCEEDED
+
+
+def test_a_cancel_while_queued_is_announced_as_its_status_change(fake_redis):
+    # As every status change is (JSON of the changed fields), so a watcher reads the record
+    # back at once instead of waiting out its time.
+    store = records.PredictionStore(fake_redis)
+    record = store.create(model="m", version="1", queue="q", validated_input={"x": 1}, cache_key="k")
+    pubsub = fake_redis.pubsub()
+    pubsub.subscribe(store.channel(record["id"]))
+    pubsub.get_message(timeout=1)
+    assert store.cancel(record, cancelable=False) == records.CANCELED
+    announced = json.loads(pubsub.get_message(timeout=1)["data"])
+    assert announced["status"] == records.CANCELED and announced["finished_at"]
