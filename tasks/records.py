@@ -12,8 +12,10 @@
 
 The API creates a record before it queues the task, so an id that was never issued has
 no record (404), and the worker writes every status change into it. Every id also has
-its own Celery message: a batch takes ids from the pending list, but an id whose batch
-dies is redelivered through its message, or re-sent by the sweeper once its claim lapses.
+its own Celery message, which the record names (`message_list`, `message`) until a worker
+takes the id: a batch takes ids from the pending list and withdraws their messages from
+the queue, so that no worker spends a task on a prediction already running; an id whose
+batch dies is re-sent by the sweeper once its claim lapses.
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ import redis
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
 # Never announced on the pub/sub channel: the input can be large, and these are nobody's business there.
-_PRIVATE = ("input", "cache_key", "owner", "waiter")
+# `message_list` and `message`: where the prediction's own Celery message waits, until a
+# worker takes it into another's batch and withdraws the message (the take script).
+_PRIVATE = ("input", "cache_key", "owner", "waiter", "message_list", "message")
 # Published on a prediction's channel when its progress changed but not its status.
 PROGRESS = "progress"
 
@@ -437,6 +441,7 @@ if fingerprint ~= '' then
 end
 if KEYS[5] ~= '' then
     redis.call('LPUSH', KEYS[5], ARGV[6])
+    redis.call('HSET', KEYS[1], 'message_list', KEYS[5], 'message', ARGV[6])
 end
 return {'created', id}
 """
@@ -491,10 +496,35 @@ local function claim(id)
     end
     return false
 end
+-- A record as the worker needs it: without where its message waits.
+local function hgetall(key)
+    local fields, kept = redis.call('HGETALL', key), {}
+    for i = 1, #fields, 2 do
+        if fields[i] ~= 'message' and fields[i] ~= 'message_list' then
+            kept[#kept + 1] = fields[i]
+            kept[#kept + 1] = fields[i + 1]
+        end
+    end
+    return fields, kept
+end
+-- A prediction taken into another's batch no longer needs its own message: withdrawn from
+-- its queue (searched from the oldest end, where it most likely is), no worker process
+-- spends a task on it. Its claim and the sweeper now see it through. A message a worker
+-- has already fetched is not found, and runs to find its prediction claimed or done.
+local function withdraw(key, fields, from_queue)
+    local list, message = field(fields, 'message_list'), field(fields, 'message')
+    if list then
+        if from_queue then
+            redis.call('LREM', list, -1, message)
+        end
+        redis.call('HDEL', key, 'message_list', 'message')
+    end
+end
 local claimed = {}
 local own_fields = {}
+local own_all = {}
 if own ~= '' then
-    own_fields = redis.call('HGETALL', prefix .. 'prediction:' .. own)
+    own_all, own_fields = hgetall(prefix .. 'prediction:' .. own)
     local status = field(own_fields, 'status')
     if not status then
         return {'missing', {}, {}}
@@ -512,17 +542,20 @@ if own ~= '' then
         return {'claimed', {}, {}}
     end
     redis.call('LREM', KEYS[2], 1, own)
+    withdraw(prefix .. 'prediction:' .. own, own_all, false)  -- its message is the one running
     claimed[1] = own
 end
 local taken = {}
 if count > 0 then
     for _, id in ipairs(redis.call('LPOP', KEYS[2], count) or {}) do
-        local fields = redis.call('HGETALL', prefix .. 'prediction:' .. id)
+        local key = prefix .. 'prediction:' .. id
+        local all, fields = hgetall(key)
         local status = field(fields, 'status')
         -- An id whose record expired, finished or belongs to another registration is
         -- dropped from the list; its own message settles it.
         if (status == 'queued' or status == 'running') and (field(fields, 'revision') or '') == revision
                 and claim(id) then
+            withdraw(key, all, true)
             claimed[#claimed + 1] = id
             taken[#taken + 1] = fields
         end

@@ -24,3 +24,26 @@ def test_a_held_message_is_what_celery_would_push_and_nothing_is_pushed(redis_ur
     sender.send("b" * 32, spec)  # outside `message`, Celery pushes as ever
     assert client.llen(key) == 1
     client.delete(key)
+
+
+def test_messages_from_the_template_are_celerys_but_for_fresh_ids(redis_url):
+    [spec] = parse_repository({"models": [declaration("echo", "Echo", queue="held-messages")]})
+    sender = CelerySender(create_celery(Settings(redis_url=redis_url)))
+    built = json.loads(sender._built("c" * 32, spec)[1])
+    sender.message("a" * 32, spec)  # makes the template
+    key, payload = sender.message("c" * 32, spec)
+    again = json.loads(sender.message("c" * 32, spec)[1])
+    templated = json.loads(payload)
+    assert key == "held-messages"
+    # Each message has its own task id and delivery tag, as Celery gives it.
+    ids = {message["headers"]["id"] for message in (built, templated, again)}
+    tags = {message["properties"]["delivery_tag"] for message in (built, templated, again)}
+    assert len(ids) == 3 and len(tags) == 3
+    for message in (built, templated):
+        task_id = message["headers"]["id"]
+        assert message["headers"]["root_id"] == message["properties"]["correlation_id"] == task_id
+        message["headers"]["id"] = message["headers"]["root_id"] = message["properties"]["correlation_id"] = "-"
+        message["properties"]["delivery_tag"] = "-"
+        message["body"] = json.loads(base64.b64decode(message["body"]))
+    assert templated == built
+    assert templated["body"][0] == ["c" * 32, "echo", "1"]

@@ -241,3 +241,23 @@ def test_a_message_that_cannot_be_built_gives_its_wait_slot_back(fake_redis):
     sender.down = False
     answer = post(client, 99, {"Prefer": "wait=0.2"})
     assert answer.status_code == 202 and answer.headers["Preference-Applied"] == "wait=0.2"
+
+
+def test_a_prediction_taken_into_another_batch_has_its_message_withdrawn(fake_redis):
+    store = records.PredictionStore(fake_redis)
+    ids = []
+    for n in range(4):
+        outcome, prediction_id, _ = store.submit(
+            model="digits", version="1.0.0", queue="realtime-cpu", validated_input={"n": n},
+            cache_key=f"ferry:cache:digits:1.0.0:{n}", owner="k1", limit=0,
+            queue_pending=[store.pending_key("digits", "1.0.0")], message=("celery-list", f"m{n}"))
+        ids.append(prediction_id)
+    fake_redis.rpop("celery-list")  # a worker fetched the first prediction's message
+    taken = store.take("w:1", 15, "digits", "1.0.0", 2, own_id=ids[0])
+    assert [record["id"] for record in taken.others] == ids[1:3]
+    # The two taken with it need no message of their own; the one still queued keeps its.
+    assert fake_redis.lrange("celery-list", 0, -1) == ["m3"]
+    for record in [taken.record, *taken.others]:
+        assert "message" not in record and "message_list" not in record
+        assert not fake_redis.hexists(store.key(record["id"]), "message")
+    assert fake_redis.hget(store.key(ids[3]), "message") == "m3"
