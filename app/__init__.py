@@ -5,7 +5,7 @@ import threading
 
 from flask import Flask
 
-from app import auth, dashboard, docs, errors, fast_hits, metrics, ratelimit, request_ids
+from app import auth, dashboard, docs, errors, fast_path, metrics, ratelimit, request_ids
 from app.keys import KeyStore
 from app.resources import batch_jobs, health, models, predictions
 from app.services import Services
@@ -80,5 +80,5 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
     # Last, so that metrics see the 429s too.
     ratelimit.init_app(app, settings, redis_client)
     # In front of all of it: a body that was a cache hit is answered beneath Flask next time.
-    fast_hits.install(app)
+    fast_path.install(app)
     return app

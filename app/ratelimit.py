@@ -15,8 +15,8 @@ consumes nothing), and a submit's cache read rides in that same script: a cache 
 round trip. The script tells Redis not to propagate its writes (`redis.set_repl`), so the
 counters never reach the append-only file or replicas and a hit waits for no fsync. The
 counters are ephemeral: a Redis restart or a failover starts every window afresh. A hit
-answered beneath Flask (app/fast_hits.py) has the script count it only when the cache entry
-exists, so that a miss it hands on to Flask is counted there, once.
+answered beneath Flask (app/fast_path.py) is counted there, in the same one script, and so
+is a new submit it queues; one it hands on to Flask after counting is not counted again.
 
 The algorithm is the sliding-window counter of the `limits` package (which parses the limits
 here): the previous window's count, weighted by how much of it still overlaps the sliding
@@ -37,13 +37,15 @@ from models.registry import UnknownModel
 # Probes and scrapes must answer while a caller floods the API, and the docs and the
 # dashboard's own files say how to call it.
 UNLIMITED = frozenset({"health", "metrics", "api-docs", "swagger_ui_static", "dashboard", "static"})
+# A submit counted, and looked up in the cache in vain, beneath Flask (app/fast_path.py),
+# then handed on: its WSGI environ holds (validated input, cache key) under this key, and
+# nothing counts it again.
+MISSED_BENEATH = "ferry.missed"
 # A submit is counted where it reads the cache (`counted_get`), in the same round trip.
 SUBMIT = "predictions.Submissions"
 
 # KEYS[1]: the caller's counters; KEYS[2] (optional): a key to GET, returned when the request is allowed.
-# ARGV[1]: "found" to count the request only when KEYS[2] exists (else nothing is written, and
-# {-1, 0, false} returned), anything else to count it either way; then limit, window in ms, for
-# each limit. Returns {0, 0, value} or {limit number, retry ms, false}.
+# ARGV: limit, window in ms, for each limit. Returns {0, 0, value} or {limit number, retry ms, false}.
 # Fields per limit i: i.w (the current window's number), i.c (its count), i.p (the previous one's).
 _SCRIPT = """
 if redis.replicate_commands then redis.replicate_commands() end
@@ -51,11 +53,10 @@ if redis.set_repl then redis.set_repl(redis.REPL_NONE) end
 local value = false
 if KEYS[2] then
   value = redis.call('GET', KEYS[2])
-  if not value and ARGV[1] == 'found' then return {-1, 0, false} end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = (#ARGV - 1) / 2
+local n = #ARGV / 2
 local fields = {}
 for i = 1, n do
   fields[#fields + 1] = i .. '.w'; fields[#fields + 1] = i .. '.c'; fields[#fields + 1] = i .. '.p'
@@ -63,7 +64,7 @@ end
 local stored = redis.call('HMGET', KEYS[1], unpack(fields))
 local update, longest = {}, 0
 for i = 1, n do
-  local limit, period = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local limit, period = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
   local window = math.floor(now / period)
   local was = tonumber(stored[3 * i - 2]) or -1
   local cur, prev = 0, 0
@@ -93,9 +94,6 @@ return {0, 0, value}
 """
 
 
-_FOUND, _ANY = "found", "any"
-
-
 class RateLimited(TooManyRequests):
     def __init__(self, limit: RateLimitItem, retry_after_s: float):
         super().__init__(str(limit))
@@ -114,12 +112,11 @@ class RateLimiter:
         self.args = [part for limit in self.limits for part in (limit.amount, limit.get_expiry() * 1000)]
         self.script = redis.register_script(_SCRIPT)
 
-    def hit(self, identity: str, also_get: str | None = None, only_found: bool = False) -> str | None:
+    def hit(self, identity: str, also_get: str | None = None) -> str | None:
         """Count one request of `identity`, or raise RateLimited; with `also_get`, that key's
-        value (returned only when the request is allowed). With `only_found`, a request whose
-        `also_get` key is missing is neither counted nor refused: None, and nothing written."""
+        value (returned only when the request is allowed)."""
         keys = [self.prefix + identity] if also_get is None else [self.prefix + identity, also_get]
-        refused, retry_ms, value = self.script(keys=keys, args=[_FOUND if only_found else _ANY, *self.args])
+        refused, retry_ms, value = self.script(keys=keys, args=self.args)
         if refused > 0:
             raise RateLimited(self.limits[refused - 1], retry_ms / 1000)
         return value or None
@@ -179,7 +176,7 @@ def init_app(app, settings, redis_client) -> RateLimiter:
 
     @app.before_request
     def limit():
-        if (request.endpoint or "").split(".")[0] in UNLIMITED:
+        if (request.endpoint or "").split(".")[0] in UNLIMITED or MISSED_BENEATH in request.environ:
             return
         identity = rate_key()
         if _defer():

@@ -7,7 +7,7 @@ Both get the same request (a `digits` input and an API key) and answer the same 
 Ferry checks the key and its rate limit, reads the cache, counts the input's popularity,
 logs the request and counts it in its metrics. Every request repeats one body, as a popular
 input does: each API process validates and hashes it once (through Flask), then answers it
-beneath Flask (app/fast_hits.py). Redis runs as in production (append-only, `appendfsync
+beneath Flask (app/fast_path.py). Redis runs as in production (append-only, `appendfsync
 always`). Besides throughput and latency, each row says what one answer cost: CPU in all the
 server's processes, Redis commands, and bytes appended to the AOF (by the request's own
 writes, which wait for an fsync, or by batched writes from background threads, which do

@@ -10,12 +10,12 @@ from datetime import datetime, timezone
 
 import orjson
 import redis
-from flask import Response, g, jsonify, request, url_for
+from flask import Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import ValidationError
 
-from app import fast_hits, metrics, ratelimit, request_ids
+from app import fast_path, metrics, ratelimit, request_ids
 from app.auth import current_key, owned_or_404
 from app.keys import PREDICT
 from app.events import PredictionEvents
@@ -29,12 +29,18 @@ from tasks import logs, records
 log = logging.getLogger(__name__)
 blp = Blueprint("predictions", __name__, description="Submit predictions and follow them to their result.")
 
+_SUBMIT, _PREDICTION = SubmitSchema(), PredictionSchema()
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
 
 
 def prefer_wait(max_wait_s: float) -> float:
-    """Seconds asked for with `Prefer: wait=N` (RFC 7240), capped; 0 when not asked."""
-    match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
+    """Seconds this request asks for with `Prefer: wait=N`, capped; 0 when not asked."""
+    return wait_asked(request.headers.get("Prefer", ""), max_wait_s)
+
+
+def wait_asked(prefer: str, max_wait_s: float) -> float:
+    """Seconds asked for by a `Prefer` header's `wait=N` (RFC 7240), capped; 0 when not asked."""
+    match = _PREFER_WAIT.search(prefer)
     return min(float(match.group(1)), max_wait_s) if match else 0.0
 
 
@@ -94,22 +100,26 @@ def cache_hits_first(view):
     cache key and cache read as the view. Anything else (a miss, a body it does not take
     at a glance, an invalid input) goes on to the view, which reuses what was learned here
     or reports the error. A small body answered here is remembered, and answered beneath
-    Flask when it comes again (app/fast_hits.py)."""
+    Flask when it comes again (app/fast_path.py)."""
 
     @functools.wraps(view)
     def wrapper(*args, name: str, **kwargs):
+        missed = request.environ.get(ratelimit.MISSED_BENEATH)
+        if missed is not None:  # counted and looked up beneath Flask
+            g.ferry_missed = missed
+            return view(*args, name=name, **kwargs)
         # A request with an `Idempotency-Key` goes to the view, which checks the key before
         # answering from the cache.
         if not request.is_json or "Idempotency-Key" in request.headers:
             ratelimit.settle()
             return view(*args, name=name, **kwargs)
-        glanced = _glance(name)
+        glanced = glance(services().registry, name, request.get_data(cache=True))
         if glanced is not None:
             spec, validated = glanced
             cache_key = services().cache.key(spec.name, spec.cache_version, validated)
             raw = lookup(spec, validated, cache_key)
             if raw is not None:
-                fast_hits.remember(name, request.get_data(cache=True), spec, validated, cache_key)
+                fast_path.remember(name, request.get_data(cache=True), spec, validated, cache_key)
                 return cache_hit(spec, raw)
             g.ferry_missed = (validated, cache_key)
         ratelimit.settle()
@@ -118,23 +128,14 @@ def cache_hits_first(view):
     return wrapper
 
 
-def _glance(name: str) -> tuple[object, dict] | None:
-    """The model version and validated input of a plain `{"input": {...}}` JSON body (with
-    an optional `"version"`), or None."""
+def glance(registry, name: str, data: bytes) -> tuple[object, dict] | None:
+    """The model version and validated input of a valid JSON submit body, or None (the
+    request parser then says what is wrong with it)."""
     try:
-        body = orjson.loads(request.get_data(cache=True))
-    except orjson.JSONDecodeError:
-        return None
-    if type(body) is not dict or type(body.get("input")) is not dict or not body.keys() <= {"input", "version"}:
-        return None
-    version = body.get("version")
-    if version is not None and type(version) is not str:
-        return None
-    registry = services().registry
-    try:
-        spec = registry.get(name, version)
+        body = _SUBMIT.load(orjson.loads(data))
+        spec = registry.get(name, body.get("version"))
         return spec, registry.input_schema(spec.name, spec.version).load(body["input"])
-    except (UnknownModel, ValidationError):
+    except (orjson.JSONDecodeError, UnknownModel, ValidationError):
         return None
 
 
@@ -150,8 +151,8 @@ def lookup(spec, validated: dict, cache_key: str) -> str | None:
 
 def cache_hit(spec, raw: str) -> Response:
     """The 200 of a cache hit."""
-    fast_hits.record_hit(services(), spec, request_ids.current(), g.get("metrics_started"))
-    return Response(fast_hits.hit_body(spec, raw), 200, mimetype="application/json")
+    fast_path.record_hit(services(), spec, request_ids.current(), g.get("metrics_started"))
+    return Response(fast_path.hit_body(spec, raw), 200, mimetype="application/json")
 
 
 def idempotency_key() -> str | None:
@@ -230,39 +231,16 @@ class Submissions(MethodView):
                     ferry.store.remember_idempotent(owner, key, fingerprint)
                 return cache_hit(spec, raw)
         metrics.CACHE_MISSES.labels(spec.name).inc()
-        prediction_id = records.new_prediction_id()
-        wait_s = prefer_wait(ferry.settings.max_wait_s)
-        # The prediction's Celery message is pushed by the submit script, with its record. Built
-        # before a waiter's slot is taken: building it may fail (the broker away), and the
-        # slot is given back only below.
-        message = ferry.sender.message(prediction_id, spec)
-        waiting = bool(wait_s) and ferry.waiters.acquire(blocking=False)
-        try:
-            # Wait before the prediction exists, so that its end cannot slip past unseen.
-            with ferry.store.waiting(prediction_id) if waiting else contextlib.nullcontext() as watch:
-                outcome, value, record = ferry.store.submit(
-                    model=spec.name, version=spec.version, queue=spec.queue, validated_input=validated,
-                    cache_key=cache_key, owner=owner, request_id=request_ids.current(), prediction_id=prediction_id,
-                    queue_pending=ferry.registry.pending_keys(ferry.store, spec.queue),
-                    limit=ferry.settings.queue_limit_for(spec.queue), idempotency=idempotency,
-                    revision=spec.revision, message=message, waiter=watch.channel if watch is not None else "")
-                if outcome == "mismatch":
-                    _idempotency_mismatch(key)
-                if outcome == "full":
-                    abort(503, message=f"The {spec.queue!r} queue is full ({value} predictions waiting); retry later.",
-                          headers={"Retry-After": str(ferry.settings.retry_after_s)})
-                if outcome == "created":
-                    logs.prediction_id.set(prediction_id)
-                    ferry.sender.pushed(prediction_id, spec)
-                    metrics.SUBMITTED.labels(spec.name).inc()
-                    log.info("prediction queued for %s %s on %s", spec.name, spec.version, spec.queue)
-                    headers = {"Location": url_for("predictions.PredictionById", prediction_id=prediction_id)}
-                    if watch is not None:
-                        record = _waited(watch, record, wait_s, headers)
-                    return _answer(record, headers)
-        finally:
-            if waiting:
-                ferry.waiters.release()
+        outcome, value, record, headers = queue_prediction(
+            ferry, spec, validated, cache_key, owner=owner, request_id=request_ids.current(),
+            wait_s=prefer_wait(ferry.settings.max_wait_s), script_root=request.script_root, idempotency=idempotency)
+        if outcome == "created":
+            return _answer(record, headers)
+        if outcome == "mismatch":
+            _idempotency_mismatch(key)
+        if outcome == "full":
+            abort(503, message=f"The {spec.queue!r} queue is full ({value} predictions waiting); retry later.",
+                  headers={"Retry-After": str(ferry.settings.retry_after_s)})
         # Joined an identical prediction in flight, or replayed an Idempotency-Key.
         record = ferry.store.get(value)
         if record is None:  # it expired in the instant between
@@ -270,11 +248,51 @@ class Submissions(MethodView):
         return _accepted(record, replayed=outcome == "replay")
 
 
+def location(script_root: str, prediction_id: str) -> str:
+    """Where a prediction is read (PredictionById's route), as a path from the server's root."""
+    return f"{script_root}/predictions/{prediction_id}"
+
+
+def queue_prediction(ferry, spec, validated: dict, cache_key: str, *, owner: str, request_id: str, wait_s: float,
+                     script_root: str = "", idempotency: tuple[str, str] | None = None):
+    """Queue a prediction (its record and its Celery message in one step) and, with `wait_s`,
+    wait for its end. Returns (outcome, value, record, headers) where, for "created", the
+    record is as it stands after the wait and the headers are its Location (and the wait
+    applied); the other outcomes are `PredictionStore.submit`'s, with no record."""
+    prediction_id = records.new_prediction_id()
+    # Built before a waiter's slot is taken: building it may fail (the broker away), and the
+    # slot is given back only below.
+    message = ferry.sender.message(prediction_id, spec)
+    waiting = bool(wait_s) and ferry.waiters.acquire(blocking=False)
+    try:
+        # Wait before the prediction exists, so that its end cannot slip past unseen.
+        with ferry.store.waiting(prediction_id) if waiting else contextlib.nullcontext() as watch:
+            outcome, value, record = ferry.store.submit(
+                model=spec.name, version=spec.version, queue=spec.queue, validated_input=validated,
+                cache_key=cache_key, owner=owner, request_id=request_id, prediction_id=prediction_id,
+                queue_pending=ferry.registry.pending_keys(ferry.store, spec.queue),
+                limit=ferry.settings.queue_limit_for(spec.queue), idempotency=idempotency,
+                revision=spec.revision, message=message, waiter=watch.channel if watch is not None else "")
+            if outcome != "created":
+                return outcome, value, None, {}
+            logs.prediction_id.set(prediction_id)
+            ferry.sender.pushed(prediction_id, spec)
+            metrics.SUBMITTED.labels(spec.name).inc()
+            log.info("prediction queued for %s %s on %s", spec.name, spec.version, spec.queue)
+            headers = {"Location": location(script_root, prediction_id)}
+            if watch is not None:
+                record = _waited(watch, record, wait_s, headers)
+            return outcome, value, record, headers
+    finally:
+        if waiting:
+            ferry.waiters.release()
+
+
 def _accepted(record: dict, replayed: bool = False):
     """202 and where to poll; 200 with the output when it is done (now, or within `Prefer: wait`)
     for a prediction that already existed (a shared or replayed one)."""
     ferry = services()
-    headers = {"Location": url_for("predictions.PredictionById", prediction_id=record["id"])}
+    headers = {"Location": location(request.script_root, record["id"])}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     wait_s = prefer_wait(ferry.settings.max_wait_s)
@@ -303,7 +321,7 @@ def _waited(watch, record: dict, wait_s: float, headers: dict) -> dict:
 
 
 def _answer(record: dict, headers: dict):
-    return view(record), 200 if record["status"] in records.TERMINAL else 202, headers
+    return rendered(current_app, record), 200 if record["status"] in records.TERMINAL else 202, headers
 
 
 @blp.route("/predictions/<prediction_id>")
@@ -315,7 +333,8 @@ class PredictionById(MethodView):
         """A prediction's status, queue position or progress, output or error, and timings."""
         store = services().store
         record = owned_prediction(prediction_id)
-        return view(record, store.queue_position(record) if record["status"] == records.QUEUED else None)
+        return rendered(current_app, record,
+                        store.queue_position(record) if record["status"] == records.QUEUED else None)
 
     @blp.requires(PREDICT)
     @blp.response(204, description="Canceled: it was queued (or canceled already).")
@@ -336,7 +355,7 @@ class PredictionById(MethodView):
         if outcome in (records.CANCELED, "missing"):
             return None
         if outcome == "requested":
-            response = jsonify(_shown(ferry.store.get(prediction_id) or record, None))
+            response = rendered(current_app, ferry.store.get(prediction_id) or record)
             response.status_code = 202
             return response
         if outcome == "running":
@@ -350,8 +369,24 @@ def owned_prediction(prediction_id: str) -> dict:
     return owned_or_404(record, f"No prediction with id {prediction_id!r}.")
 
 
-def _shown(record: dict, queue_position: int | None) -> dict:
-    return PredictionSchema().dump(view(record, queue_position))
+_OUTPUT_NULL = re.compile(rb'"output": ?null')
+
+
+def rendered(app, record: dict, queue_position: int | None = None) -> Response:
+    """A record as the API answers it: PredictionSchema's fields as Flask writes JSON, with
+    the stored output (JSON already) put in as it is stored, as a cache hit's is, not parsed
+    and written again: for an embedding that would be most of the answer's CPU."""
+    output = record.get("output")
+    response = app.json.response(shown({**record, "output": None} if output else record, queue_position))
+    if output:
+        # Keys are sorted: the top-level "output" comes before any nested one ("partial_output" is null when it ends).
+        response.set_data(_OUTPUT_NULL.sub(lambda _: b'"output":' + output.encode(), response.get_data(), count=1))
+    return response
+
+
+def shown(record: dict, queue_position: int | None) -> dict:
+    """A record as the API answers it (PredictionSchema, dumped)."""
+    return _PREDICTION.dump(view(record, queue_position))
 
 
 def _event(kinds: list[str], data: dict) -> dict:
@@ -384,6 +419,6 @@ class PredictionEventStream(MethodView):
         if not ferry.streams.acquire(blocking=False):
             abort(503, message="Too many event streams are open on this server; poll GET /predictions/{id}.",
                   headers={"Retry-After": str(ferry.settings.retry_after_s)})
-        events = PredictionEvents(ferry.store, record, _shown, ferry.streams,
+        events = PredictionEvents(ferry.store, record, shown, ferry.streams,
                                   ferry.settings.event_heartbeat_s, ferry.settings.event_stream_max_s)
         return events.response()

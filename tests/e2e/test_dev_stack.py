@@ -50,7 +50,7 @@ def test_digit_image_202_then_poll_then_cache_hit(stack):
 
 
 def test_repeated_cache_hits_answer_alike_through_gunicorn(stack):
-    """A body that was a hit is answered beneath Flask from then on (app/fast_hits.py): through
+    """A body that was a hit is answered beneath Flask from then on (app/fast_path.py): through
     gunicorn each answer is the one Flask gave first, and a body Flask must see still reaches it."""
     url = f"{stack['api']}/models/digits/predictions"
     body = json.dumps({"input": {"pixels": [float(v % 13) for v in range(64)]}})

@@ -137,19 +137,3 @@ def test_the_counters_never_reach_the_append_only_file(tmp_path):
         assert client.hget("ferry:ratelimit:key:a", "1.c") == "20"
     finally:
         server.stop()
-
-
-def test_a_read_that_counts_only_when_found_leaves_a_miss_unwritten(fake_redis):
-    """The cache hit beneath Flask (app/fast_hits.py) counts a request only when the cache
-    answers it; a miss goes on to Flask, which counts it then, once."""
-    from app.ratelimit import RateLimited, RateLimiter
-
-    limiter = RateLimiter(fake_redis, "ferry:", "2/minute")
-    assert limiter.hit("key:a", also_get="ferry:cache:none", only_found=True) is None
-    assert not fake_redis.exists("ferry:ratelimit:key:a")
-    fake_redis.set("ferry:cache:x", "cached")
-    assert limiter.hit("key:a", also_get="ferry:cache:x", only_found=True) == "cached"
-    assert limiter.hit("key:a", also_get="ferry:cache:none") is None  # the plain read counts a miss
-    with pytest.raises(RateLimited):
-        limiter.hit("key:a", also_get="ferry:cache:x", only_found=True)
-    assert fake_redis.hget("ferry:ratelimit:key:a", "1.c") == "2"

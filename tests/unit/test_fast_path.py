@@ -1,16 +1,19 @@
-"""Cache hits answered beneath Flask (app/fast_hits.py): a body that was a hit is answered
-again without Flask, byte for byte as Flask answers it, with the same rate limit, metrics,
-request log and popularity count; everything else reaches Flask with its body intact."""
+"""Plain submits answered beneath Flask (app/fast_path.py): a cache hit or a new prediction
+is answered without Flask, byte for byte as Flask answers it, with the same rate limit,
+metrics, request log, popularity count and record; everything else reaches Flask with its
+body intact, counted once."""
 from __future__ import annotations
 
 import json
 import re
+import threading
 
 import pytest
 
 from app import create_app
 from models.base import encode_output
-from tasks import logs
+from tasks import logs, records
+from tasks.senders import RecordingSender
 from tests.auth import keyed_client
 from tests.unit.test_metrics import scrape, value
 
@@ -55,32 +58,77 @@ def _flask_alone(app, monkeypatch):
     monkeypatch.setattr(app, "wsgi_app", app.wsgi_app.flask)
 
 
-def test_a_body_that_was_a_hit_is_answered_beneath_flask_byte_for_byte(app, client, flask_calls, monkeypatch):
+def test_a_hit_is_answered_beneath_flask_byte_for_byte(app, client, flask_calls, monkeypatch):
     _cache(app)
-    first = _post(client)
-    assert first.status_code == 200 and first.json["cached"] is True and len(flask_calls) == 1
     fast = _post(client, **{"X-Request-ID": "req-1"})
-    again = _post(client)
-    assert len(flask_calls) == 1  # both answered beneath Flask
+    again = _post(client)  # remembered: not validated again
+    assert flask_calls == []
     assert again.headers["X-Request-ID"] != fast.headers["X-Request-ID"] and len(again.headers["X-Request-ID"]) == 32
     _flask_alone(app, monkeypatch)
     flask = _post(client, **{"X-Request-ID": "req-1"})
     assert (fast.status, list(fast.headers), fast.get_data()) == (flask.status, list(flask.headers), flask.get_data())
+    assert again.get_data() == fast.get_data()
     assert fast.json == {"model": "digits", "version": "1.0.0", "status": "succeeded", "cached": True,
                          "output": OUTPUT}
 
 
+def _same_but_ids(fast, flask, store) -> None:
+    """Two answers to submits of different inputs, and their records, alike but for what must differ."""
+    ids = fast.json["id"], flask.json["id"]
+    assert fast.headers["Location"] == f"/predictions/{ids[0]}" and flask.headers["Location"] == f"/predictions/{ids[1]}"
+    fast.headers["Location"] = flask.headers["Location"]
+    assert (fast.status, list(fast.headers)) == (flask.status, list(flask.headers))
+    assert fast.get_data().replace(ids[0].encode(), ids[1].encode()) == flask.get_data()
+    made = [store.get(prediction_id) for prediction_id in ids]
+    for record in made:
+        for differs in ("id", "input", "cache_key", "queued_at"):
+            record.pop(differs)
+    assert made[0] == made[1] and made[0]["request_id"] == "req-1"
+
+
+def test_a_new_prediction_is_queued_beneath_flask_as_flask_queues_it(app, client, flask_calls, sender, monkeypatch):
+    fast = _post(client, **{"X-Request-ID": "req-1"})
+    assert fast.status_code == 202 and fast.json["status"] == "queued" and flask_calls == []
+    _flask_alone(app, monkeypatch)
+    body = json.dumps({"input": {"pixels": [1] + PIXELS[1:]}}).encode()
+    flask = _post(client, body, **{"X-Request-ID": "req-1"})
+    # Every prediction has its message; the queue-time in the body is the only other difference.
+    assert [sent["args"][0] for sent in sender.sent] == [fast.json["id"], flask.json["id"]]
+    flask.set_data(flask.get_data().replace(
+        flask.json["timings"]["queued_at"].encode(), fast.json["timings"]["queued_at"].encode()))
+    _same_but_ids(fast, flask, app.extensions["ferry"].store)
+
+
+def test_a_waited_prediction_is_answered_beneath_flask_as_flask_answers_it(fake_redis, monkeypatch):
+    def finish_soon(prediction_id, model, version):
+        def finish():
+            store = records.PredictionStore(fake_redis)
+            record = store.get(prediction_id)
+            store.update(prediction_id, records.SUCCEEDED, record=record, output='{"label": 7}', started_at="1.0",
+                         queued_at="0.5", finished_at="2.0")
+        threading.Timer(0.05, finish).start()
+
+    app = create_app({"redis_url": "redis://unused:1/0"}, redis_client=fake_redis,
+                     sender=RecordingSender(on_send=finish_soon))
+    calls, client = _count_flask(app), keyed_client(app)
+    fast = _post(client, **{"X-Request-ID": "req-1", "Prefer": "wait=5"})
+    assert (fast.status_code, fast.json["output"], fast.headers["Preference-Applied"]) == (200, {"label": 7}, "wait=5")
+    assert calls == []
+    _flask_alone(app, monkeypatch)
+    body = json.dumps({"input": {"pixels": [1] + PIXELS[1:]}}).encode()
+    _same_but_ids(fast, _post(client, body, **{"X-Request-ID": "req-1", "Prefer": "wait=5"}),
+                  app.extensions["ferry"].store)
+
+
 def test_a_request_id_that_is_not_sane_is_replaced_as_flask_replaces_it(app, client, flask_calls):
     _cache(app)
-    _post(client)
     answer = _post(client, **{"X-Request-ID": "bad id; forged=1"})
-    assert len(flask_calls) == 1
+    assert flask_calls == []
     assert len(answer.headers["X-Request-ID"]) == 32
 
 
 def test_everything_else_reaches_flask_with_its_body(app, client, flask_calls):
     _cache(app)
-    assert _post(client).status_code == 200  # remembered from here on
     readonly = keyed_client(app, scopes=["admin"])
     cases = [
         # An Idempotency-Key is checked by the view, which still answers from the cache.
@@ -92,11 +140,24 @@ def test_everything_else_reaches_flask_with_its_body(app, client, flask_calls):
         (_post(client, path="/models/nope/predictions"), 404),
         (_post(client, body=json.dumps({"input": {"pixels": PIXELS}, "version": "9"}).encode()), 404),
         (_post(client, body=json.dumps({"input": {"pixels": PIXELS[:10]}}).encode()), 422),
-        (_post(client, body=json.dumps({"input": {"pixels": PIXELS}}, indent=1).encode()), 200),
+        (_post(client, body=json.dumps({"input": {"pixels": PIXELS}, "extra": 1}).encode()), 422),
+        (_post(client, body=b"{not json"), 400),
     ]
     assert [answer.status_code for answer, _ in cases] == [status for _, status in cases]
-    assert len(flask_calls) == 1 + len(cases)
-    assert cases[0][0].json["output"] == OUTPUT and cases[-1][0].json["output"] == OUTPUT
+    assert len(flask_calls) == len(cases)
+    assert cases[0][0].json["output"] == OUTPUT
+
+
+def test_a_submit_that_joins_one_in_flight_goes_to_flask_counted_once(fake_redis, sender):
+    limited = create_app({"redis_url": "redis://unused:1/0", "rate_limit": "2/minute"}, redis_client=fake_redis,
+                         sender=sender)
+    calls, client = _count_flask(limited), keyed_client(limited)
+    first = _post(client)
+    joined = _post(client)
+    assert (first.status_code, joined.status_code) == (202, 202) and joined.json["id"] == first.json["id"]
+    assert len(calls) == 1 and len(sender.sent) == 1
+    # Two submits, two counted: a third is refused.
+    assert _post(client, body=json.dumps({"input": {"pixels": [2] + PIXELS[1:]}}).encode()).status_code == 429
 
 
 def test_a_body_over_the_size_limit_is_left_to_flask(app, client, flask_calls):
@@ -104,7 +165,7 @@ def test_a_body_over_the_size_limit_is_left_to_flask(app, client, flask_calls):
     _post(client)
     app.config["MAX_CONTENT_LENGTH"] = len(BODY) - 1
     assert _post(client).status_code == 413
-    assert len(flask_calls) == 2
+    assert len(flask_calls) == 1
 
 
 @pytest.fixture
@@ -120,7 +181,7 @@ def test_a_hit_beneath_flask_spends_the_budget_once_and_the_429_is_flasks(limite
     statuses = [_post(client).status_code for _ in range(3)]
     refused = _post(client, **{"X-Request-ID": "req-3"})
     assert statuses + [refused.status_code] == [200, 200, 200, 429]
-    assert len(calls) == 2  # the first (not yet remembered) and the refusal
+    assert len(calls) == 1  # the refusal
     _flask_alone(limited_app, monkeypatch)
     flask = _post(client, **{"X-Request-ID": "req-3"})
 
@@ -132,7 +193,7 @@ def test_a_hit_beneath_flask_spends_the_budget_once_and_the_429_is_flasks(limite
     assert seconds_apart(refused) == seconds_apart(flask)
 
 
-def test_an_expired_answer_goes_to_flask_counted_once(limited_app, sender):
+def test_an_expired_answer_is_queued_counted_once(limited_app, sender):
     key = _cache(limited_app)
     calls = _count_flask(limited_app)
     client = keyed_client(limited_app)
@@ -143,7 +204,7 @@ def test_an_expired_answer_goes_to_flask_counted_once(limited_app, sender):
     _cache(limited_app)
     # Hit, miss and this one spend the budget of three; had the miss been counted twice, 429.
     assert [_post(client).status_code, _post(client).status_code] == [200, 429]
-    assert len(calls) == 4
+    assert len(calls) == 1  # the refusal
 
 
 def test_a_hit_beneath_flask_is_counted_in_metrics_request_log_and_popularity(app, client, flask_calls,
@@ -157,7 +218,7 @@ def test_a_hit_beneath_flask_is_counted_in_metrics_request_log_and_popularity(ap
     monkeypatch.setattr(ferry.popularity, "add", lambda *args: (seen.append(logs.request_id.get()), add(*args)))
     _post(client, **{"X-Request-ID": "req-2"})
     after = scrape(client)
-    assert flask_calls == [PATH, "/metrics", "/metrics"]
+    assert flask_calls == ["/metrics", "/metrics"]
     route = {"method": "POST", "route": "/models/<name>/predictions"}
     for name, labels in (("ferry_http_requests_total", {**route, "status": "200"}),
                          ("ferry_http_request_duration_seconds_count", route),
@@ -179,12 +240,12 @@ def test_redis_away_is_flasks_503(app, client, flask_calls, redis_server):
     redis_server.connected = False
     answer = _post(client)
     assert answer.status_code == 503 and "Redis" in answer.json["message"] and answer.headers["Retry-After"]
-    assert len(flask_calls) == 2
+    assert flask_calls == [PATH]
 
 
 def test_a_remembered_body_is_not_answered_for_a_model_that_changed(fake_redis, tmp_path):
-    """A new default version (or a re-registration) resolves the body to another spec: Flask
-    validates it afresh, against what is served now."""
+    """A new default version (or a re-registration) resolves the body to another spec: it
+    is validated afresh, against what is served now, and queued for that."""
     from tests.unit.test_runtime_models import iris, make_app
 
     repository = tmp_path / "repository.yaml"
@@ -203,4 +264,4 @@ def test_a_remembered_body_is_not_answered_for_a_model_that_changed(fake_redis, 
     assert client.post("/models", json=iris("2", default=True)).status_code == 201
     now = _post(client, body, path)
     assert (now.status_code, now.json["version"]) == (202, "2")
-    assert len(calls) == answered_beneath + 2  # the registration and this submit
+    assert len(calls) == answered_beneath + 1  # the registration
