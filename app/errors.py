@@ -21,6 +21,8 @@ def error_body(error: HTTPException, message: str | None = None, errors=None) ->
     }
 
 
+UNEXPECTED = "An unexpected error occurred; it has been logged."
+
 # Plainer words than werkzeug's defaults where the cause is known.
 _MESSAGES = {
     400: "The request body is not valid JSON.",
@@ -61,5 +63,5 @@ def init_app(app, retry_after_s: int) -> None:
     def unexpected(exc):
         # HTTP errors have their own, more specific handler; this sees only real bugs.
         log.exception("unhandled error")
-        body = error_body(InternalServerError(), "An unexpected error occurred; it has been logged.")
+        body = error_body(InternalServerError(), UNEXPECTED)
         return jsonify(body), 500

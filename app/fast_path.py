@@ -28,19 +28,23 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import re
 import time
 
 import orjson
 import redis
 from kombu.exceptions import OperationalError
+from werkzeug.exceptions import InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
-from app import auth, metrics, ratelimit, request_ids
+from app import auth, errors, metrics, ratelimit, request_ids
 from app.keys import PREDICT
 from app.resources import predictions
 from models.registry import UnknownModel
 from tasks import logs, records
+
+log = logging.getLogger(__name__)
 
 # The route's rule (metrics label it so), and the paths it matches that this layer takes:
 # names of plain ASCII, so that no decoding of the path can differ from Flask's.
@@ -137,7 +141,7 @@ class FastPath:
             return None
         body = environ["wsgi.input"].read(length)
         environ["wsgi.input"] = io.BytesIO(body)  # Flask reads it as it was sent, if it is not answered here
-        request_id = request_ids.chosen(environ.get("HTTP_X_REQUEST_ID", ""))
+        request_id = environ[request_ids.ENVIRON] = request_ids.chosen(environ.get("HTTP_X_REQUEST_ID", ""))
         # Log lines written meanwhile (by Ferry or a library) carry the request id, as under Flask.
         tokens = logs.request_id.set(request_id), logs.prediction_id.set("")
         try:
@@ -145,6 +149,11 @@ class FastPath:
         except (ratelimit.RateLimited, redis.RedisError, OperationalError):
             # Refused (nothing was counted), or Redis or the broker away: Flask answers 429 or 503, as always.
             return None
+        except Exception:
+            # A bug: answered as Flask answers one (errors.py), not handed on, as a prediction may exist.
+            log.exception("unhandled error")
+            answer = 500, [], self.app.json.response(
+                errors.error_body(InternalServerError(), errors.UNEXPECTED)).get_data()
         finally:
             logs.request_id.reset(tokens[0])
             logs.prediction_id.reset(tokens[1])
@@ -175,6 +184,8 @@ class FastPath:
             spec, validated, cache_key = known
         limiter = self.app.extensions["ferry_ratelimit"]
         raw = limiter.hit(ratelimit.key_identity(api_key), also_get=cache_key)
+        if raw is None:  # counted: if it goes on to Flask from here, Flask counts it no more
+            environ[ratelimit.MISSED_BENEATH] = (validated, cache_key)
         ferry.popularity.add(ferry.redis, spec.name, spec.version, validated, cache_key)
         if raw is not None:
             if known is None:
@@ -182,7 +193,6 @@ class FastPath:
             record_hit(ferry, spec, request_id, started)
             return 200, [], hit_body(spec, raw)
         _HIT_BODIES.pop((name, body), None)  # expired
-        environ[ratelimit.MISSED_BENEATH] = (validated, cache_key)
         wait_s = predictions.wait_asked(environ.get("HTTP_PREFER", ""), ferry.settings.max_wait_s)
         outcome, _, record, headers = predictions.queue_prediction(
             ferry, spec, validated, cache_key, owner=api_key.id, request_id=request_id, wait_s=wait_s,

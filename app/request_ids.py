@@ -13,6 +13,7 @@ from flask import g, request
 from tasks import logs
 
 HEADER = "X-Request-ID"
+ENVIRON = "ferry.request_id"
 # Ids from callers go into logs and records: short, and nothing that could forge a log line.
 _SANE = re.compile(r"^[A-Za-z0-9._:+/=-]{1,128}$")
 
@@ -27,7 +28,8 @@ def chosen(given: str) -> str:
 
 
 def _assign() -> None:
-    g.request_id = chosen(request.headers.get(HEADER, ""))
+    # A request handed on by the layer beneath Flask (app/fast_path.py) keeps the id it chose there.
+    g.request_id = request.environ.get(ENVIRON) or chosen(request.headers.get(HEADER, ""))
     g.log_tokens = (logs.request_id.set(g.request_id), logs.prediction_id.set(""))
 
 

@@ -34,9 +34,11 @@ def beat_schedule(settings) -> dict:
     schedule = {
         "batch-watchdog": {"task": BATCH_WATCHDOG_TASK, "schedule": settings.batch_watchdog_s,
                            "options": {"queue": BATCH_QUEUE}},
-        # Re-sends predictions whose worker died mid-batch; runs on the real-time workers.
+        # Re-sends predictions whose worker died mid-batch; runs on the real-time workers. It
+        # waits its turn behind the queued predictions, so it must outlive a long backlog:
+        # expiring with the interval, a backlog of more than that would starve it for good.
         "prediction-sweeper": {"task": SWEEP_TASK, "schedule": settings.sweep_s,
-                               "options": {"queue": "realtime-cpu", "expires": settings.sweep_s}},
+                               "options": {"queue": "realtime-cpu", "expires": settings.visibility_timeout_s}},
     }
     for name, entry in load_nightly(settings).items():
         minute, hour, day_of_month, month_of_year, day_of_week = entry["crontab"].split()

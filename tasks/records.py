@@ -458,7 +458,7 @@ if status == 'succeeded' or status == 'failed' or status == 'canceled' then
 end
 if status == 'queued' and redis.call('EXISTS', KEYS[2]) == 0 then
     redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[3])
-    redis.call('HDEL', KEYS[1], 'retry_at')
+    redis.call('HDEL', KEYS[1], 'retry_at', 'message_list', 'message')
     redis.call('LREM', KEYS[3], 0, ARGV[1])
     redis.call('ZREM', KEYS[4], ARGV[1])
     redis.call('PUBLISH', ARGV[4], cjson.encode({status = 'canceled', finished_at = ARGV[3]}))
@@ -508,13 +508,15 @@ local function hgetall(key)
     return fields, kept
 end
 -- A prediction taken into another's batch no longer needs its own message: withdrawn from
--- its queue (searched from the oldest end, where it most likely is), no worker process
--- spends a task on it. Its claim and the sweeper now see it through. A message a worker
--- has already fetched is not found, and runs to find its prediction claimed or done.
+-- its queue, no worker process spends a task on it. Its claim and the sweeper now see it
+-- through. It is looked for among the oldest messages only, where it most likely is, so
+-- that a long queue is never scanned whole (Redis does nothing else meanwhile); one not
+-- found (a worker has fetched it already, or it is further in) runs and finds its
+-- prediction claimed or done.
 local function withdraw(key, fields, from_queue)
     local list, message = field(fields, 'message_list'), field(fields, 'message')
     if list then
-        if from_queue then
+        if from_queue and redis.call('LPOS', list, message, 'RANK', -1, 'MAXLEN', 256) then
             redis.call('LREM', list, -1, message)
         end
         redis.call('HDEL', key, 'message_list', 'message')
@@ -586,6 +588,7 @@ for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
     elseif status == 'queued' and (revision or '') == ARGV[4]
             and redis.call('EXISTS', ARGV[1] .. 'claim:' .. id) == 0 then
         redis.call('HSET', record, 'status', 'failed', 'error', ARGV[2], 'finished_at', ARGV[3])
+        redis.call('HDEL', record, 'message_list', 'message')
         redis.call('PUBLISH', ARGV[1] .. 'events:' .. id,
                    cjson.encode({status = 'failed', error = ARGV[2], finished_at = ARGV[3]}))
         local waiter = redis.call('HGET', record, 'waiter')

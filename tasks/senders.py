@@ -40,7 +40,7 @@ class TaskSender:
 class CelerySender(TaskSender):
     def __init__(self, celery):
         self.celery = celery
-        self._templates: dict[ModelSpec, MessageTemplate] = {}
+        self._templates: dict[tuple, MessageTemplate] = {}
 
     def dispatch(self, task: str, args: list, *, queue: str, time_limits: tuple[float, float] | None = None,
                  countdown: float | None = None, describe: str | None = None) -> None:
@@ -54,11 +54,13 @@ class CelerySender(TaskSender):
         self.celery.send_task(task, args=args, queue=queue, retry=False, **options)
 
     def message(self, prediction_id: str, spec: ModelSpec) -> tuple[str, str]:
-        template = self._templates.get(spec)
+        # What the message depends on (a spec itself may hold lists: defaults of array inputs).
+        shape = (spec.name, spec.version, spec.queue, spec.timeout_s, spec.hard_timeout_s)
+        template = self._templates.get(shape)
         if template is None:
             if len(self._templates) >= _MAX_TEMPLATES:  # runtime models come and go
                 self._templates.clear()
-            template = self._templates[spec] = MessageTemplate.of(self._built(_PLACEHOLDER, spec))
+            template = self._templates[shape] = MessageTemplate.of(self._built(_PLACEHOLDER, spec))
         return template.fill(prediction_id) if template.usable else self._built(prediction_id, spec)
 
     def _built(self, prediction_id: str, spec: ModelSpec) -> tuple[str, str]:

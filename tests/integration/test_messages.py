@@ -47,3 +47,13 @@ def test_messages_from_the_template_are_celerys_but_for_fresh_ids(redis_url):
         message["body"] = json.loads(base64.b64decode(message["body"]))
     assert templated == built
     assert templated["body"][0] == ["c" * 32, "echo", "1"]
+
+
+def test_a_model_with_a_list_default_has_its_messages_templated(redis_url):
+    # A spec holding a list (an array input's default) cannot be hashed: the template is keyed otherwise.
+    [spec] = parse_repository({"models": [{"name": "m", "kind": "http", "version": "1", "url": "http://x/y",
+                                           "queue": "held-messages",
+                                           "inputs": {"xs": {"type": "array", "items": "number", "default": [1, 2]}}}]})
+    sender = CelerySender(create_celery(Settings(redis_url=redis_url)))
+    first, second = (json.loads(sender.message(n * 32, spec)[1]) for n in "ab")
+    assert [json.loads(base64.b64decode(m["body"]))[0][0] for m in (first, second)] == ["a" * 32, "b" * 32]

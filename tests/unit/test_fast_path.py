@@ -265,3 +265,34 @@ def test_a_remembered_body_is_not_answered_for_a_model_that_changed(fake_redis, 
     now = _post(client, body, path)
     assert (now.status_code, now.json["version"]) == (202, "2")
     assert len(calls) == answered_beneath + 1  # the registration
+
+
+def test_a_bug_beneath_flask_is_answered_as_flask_answers_one(app, client, flask_calls, monkeypatch):
+    from app.resources import predictions
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(predictions, "queue_prediction", broken)
+    fast = _post(client, **{"X-Request-ID": "req-9"})
+    assert flask_calls == []
+    _flask_alone(app, monkeypatch)
+    flask = _post(client, **{"X-Request-ID": "req-9"})
+    assert fast.status_code == 500 and "unexpected" in fast.json["message"]
+    assert (fast.status, list(fast.headers), fast.get_data()) == (flask.status, list(flask.headers), flask.get_data())
+
+
+def test_a_submit_handed_on_to_flask_keeps_the_request_id_chosen_beneath(fake_redis, sender):
+    limited = create_app({"redis_url": "redis://unused:1/0", "queue_limit": 1}, redis_client=fake_redis,
+                         sender=sender)
+    calls, client = _count_flask(limited), keyed_client(limited)
+    assert _post(client).status_code == 202
+    seen = []
+    layer = limited.wsgi_app
+    flask = layer.flask
+    layer.flask = lambda environ, start_response: (seen.append(environ["ferry.request_id"]),
+                                                   flask(environ, start_response))[1]
+    full = _post(client, body=json.dumps({"input": {"pixels": [3] + PIXELS[1:]}}).encode(),
+                 **{"X-Request-ID": "not sane!"})
+    assert full.status_code == 503 and len(calls) == 1
+    assert full.headers["X-Request-ID"] == seen[0] and len(seen[0]) == 32

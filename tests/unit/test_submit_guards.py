@@ -261,3 +261,18 @@ def test_a_prediction_taken_into_another_batch_has_its_message_withdrawn(fake_re
         assert "message" not in record and "message_list" not in record
         assert not fake_redis.hexists(store.key(record["id"]), "message")
     assert fake_redis.hget(store.key(ids[3]), "message") == "m3"
+
+
+def test_a_message_deep_in_a_long_queue_is_left_for_its_worker(fake_redis):
+    """The take script looks for batch-mates' messages among the oldest few hundred only, so
+    that Redis never scans a long queue whole; one not found runs and finds its prediction taken."""
+    store = records.PredictionStore(fake_redis)
+    fake_redis.rpush("celery-list", *(f"other{n}" for n in range(300)))  # older messages, of other models
+    outcome, prediction_id, _ = store.submit(
+        model="digits", version="1.0.0", queue="realtime-cpu", validated_input={"n": 1},
+        cache_key="ferry:cache:digits:1.0.0:1", owner="k1", limit=0,
+        queue_pending=[store.pending_key("digits", "1.0.0")], message=("celery-list", "mine"))
+    taken = store.take("w:1", 15, "digits", "1.0.0", 1)
+    assert [record["id"] for record in taken.others] == [prediction_id]
+    assert fake_redis.llen("celery-list") == 301 and fake_redis.lindex("celery-list", 0) == "mine"
+    assert not fake_redis.hexists(store.key(prediction_id), "message")
