@@ -132,7 +132,7 @@ def worker_command(settings: Settings, queues: str | None = None, concurrency: i
         raise click.BadParameter(str(exc), param_hint="--device") from None
     if device == "auto":
         raise click.BadParameter("resolve auto to cpu or cuda:N first", param_hint="--device")
-    queues = queues or settings.worker_queues or ",".join(devices.device_queues(device))
+    queues = devices.with_sweeps(queues or settings.worker_queues or ",".join(devices.device_queues(device)))
     if devices.is_cuda(device):
         if concurrency not in (None, 1):
             raise click.UsageError(f"A GPU worker runs one process: start one worker per GPU, not "

