@@ -173,7 +173,7 @@ class FastPath:
         api_key = ferry.keys.lookup(token) if token else None
         if api_key is None or PREDICT not in api_key.scopes:
             return None
-        known = _remembered(ferry.registry, name, body)
+        known = _remembered(ferry.registry, name, body) if len(body) <= _HIT_BODY_BYTES else None
         if known is None:
             glanced = predictions.glance(ferry.registry, name, body)
             if glanced is None:
@@ -192,7 +192,8 @@ class FastPath:
                 remember(name, body, spec, validated, cache_key)
             record_hit(ferry, spec, request_id, started)
             return 200, [], hit_body(spec, raw)
-        _HIT_BODIES.pop((name, body), None)  # expired
+        if known is not None:  # expired
+            _HIT_BODIES.pop((name, body), None)
         wait_s = predictions.wait_asked(environ.get("HTTP_PREFER", ""), ferry.settings.max_wait_s)
         outcome, _, record, headers = predictions.queue_prediction(
             ferry, spec, validated, cache_key, owner=api_key.id, request_id=request_id, wait_s=wait_s,
