@@ -138,16 +138,18 @@ def worker_command(settings: Settings, queues: str | None = None, concurrency: i
             raise click.UsageError(f"A GPU worker runs one process: start one worker per GPU, not "
                                    f"--concurrency {concurrency} on {device}.")
         concurrency = 1
+    concurrency = concurrency or settings.worker_concurrency
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // concurrency)
     name = device.replace(":", "-") if devices.is_cuda(device) else queues.split(",")[0]
     argv = [
         _tool("celery"), "-A", "tasks.worker", "worker", "--loglevel", settings.log_level,
-        "--queues", queues, "--concurrency", str(concurrency or settings.worker_concurrency),
+        "--queues", queues, "--concurrency", str(concurrency),
         # prefork: the parent never imports torch, so each child initialises CUDA itself.
         "--pool", "prefork",
         # Unique per process: several workers per machine (one per GPU) each need a heartbeat.
         "--hostname", f"ferry-{name}-{os.getpid()}@%h",
     ]
-    return argv, {"FERRY_DEVICE": device}
+    return argv, {"FERRY_DEVICE": device, "FERRY_TORCH_THREADS": str(threads)}
 
 
 def _resolve_auto() -> str:

@@ -2,15 +2,19 @@
 
     .venv/bin/python bench/batch_precompute.py [--minilm 5000] [--digits 50000]
 
-Starts a private redis-server and one batch worker (one process, like the in-process
-baseline; the model is loaded on it before timing, as the baseline excludes loading too), writes the inputs as JSONL, runs `ferry batch`'s path (plan in this process,
-chunks on the worker, pipelined cache writes) and prints inputs/s for both and the ratio.
+Starts a private redis-server and one batch worker with a process per core, each giving a
+forward pass one torch thread (as `ferry worker --concurrency <cores>` sets it; the
+in-process baseline has torch's default, a thread per core); the model is loaded on it
+before timing, as the baseline excludes loading too. Writes the inputs as JSONL, runs
+`ferry batch`'s path (plan in this process, chunks on the worker, pipelined cache writes)
+and prints inputs/s for both and the ratio.
 Target: at least 0.9. Prints figures only; asserts nothing.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -98,7 +102,9 @@ def main() -> None:
     client = redis.Redis.from_url(server.url, decode_responses=True)
     ctx = WorkerContext.build(settings, client)
     sender = CelerySender(create_celery(settings))
-    worker = start_worker(server.url, work / "worker.log", queues="batch", concurrency=1, data_dir=work)
+    cores = os.cpu_count() or 1
+    worker = start_worker(server.url, work / "worker.log", queues="batch", concurrency=cores, data_dir=work,
+                          torch_threads=1)
     rows = []
     try:
         wait_for(lambda: "batch" in live_queues(client, "ferry:", 10), 60, "batch worker", worker)

@@ -30,6 +30,12 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def limit_threads(threads: int) -> None:
+    """At most `threads` CPU threads for this process's forward passes (0: torch's default)."""
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def inference_context(device: str, half_precision: bool = False) -> contextlib.ExitStack:
     """No autograd bookkeeping; with `half_precision` on a CUDA device, float16 autocast
     (which keeps the numerically touchy operations, softmax and norms, in float32)."""

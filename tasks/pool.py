@@ -56,8 +56,9 @@ class Loaded:
 
 class ModelPool:
     def __init__(self, device: str = "cpu", *, max_models: int = 0, memory_mb: float = 0, idle_s: float = 0,
-                 redis=None, prefix: str = "ferry:", report_s: float = 5.0, serves=None):
+                 redis=None, prefix: str = "ferry:", report_s: float = 5.0, serves=None, torch_threads: int = 0):
         self.requested_device = device
+        self.torch_threads = torch_threads
         self._device: str | None = None
         self.max_models, self.memory_mb, self.idle_s = max_models, memory_mb, idle_s
         self.redis, self.prefix, self.report_s = redis, prefix, report_s
@@ -122,6 +123,10 @@ class ModelPool:
         started = time.perf_counter()
         before = _rss_bytes()
         model = instantiate(spec)
+        if spec.kind == "torch":
+            from models.torch_runtime import limit_threads
+
+            limit_threads(self.torch_threads)
         device = self.device if spec.kind == "torch" else "cpu"
         model.setup(device)
         own = model.memory_bytes()

@@ -50,6 +50,10 @@ class Settings:
     # cpu, cuda:N or auto: where a worker's models run (`ferry worker --device`).
     device: str = "cpu"
     worker_concurrency: int = 2
+    # CPU threads a worker process gives a torch forward pass; 0 is torch's default, one per
+    # core. `ferry worker` sets it to the cores divided among its processes: more threads
+    # than cores, and torch's threads burn CPU spinning while they wait for each other.
+    torch_threads: int = 0
     # Comma-separated queues that `ferry worker` consumes; empty means its device's queues.
     worker_queues: str = ""
     api_host: str = "127.0.0.1"

@@ -1,6 +1,7 @@
 """GPU worker mode, checked on the CPU: devices, their queues, the worker's command line,
 and that nothing touches torch (let alone CUDA) in a worker's parent before it forks."""
 import json
+import os
 import subprocess
 import sys
 import types
@@ -32,7 +33,7 @@ def test_devices_and_their_queues():
 
 def test_a_gpu_worker_is_one_prefork_process_on_its_device_queues():
     argv, env = worker_command(Settings(worker_concurrency=4), device="cuda:1")
-    assert env == {"FERRY_DEVICE": "cuda:1"}
+    assert env == {"FERRY_DEVICE": "cuda:1", "FERRY_TORCH_THREADS": str(os.cpu_count() or 1)}
     assert argv[argv.index("--queues") + 1] == "realtime-gpu,realtime-cuda-1,realtime-sweeps"
     assert argv[argv.index("--concurrency") + 1] == "1"
     assert argv[argv.index("--pool") + 1] == "prefork"
@@ -43,13 +44,37 @@ def test_a_gpu_worker_is_one_prefork_process_on_its_device_queues():
 
 def test_a_cpu_worker_keeps_its_concurrency_and_explicit_queues_win():
     argv, env = worker_command(Settings(worker_concurrency=3))
-    assert env == {"FERRY_DEVICE": "cpu"}
+    assert env["FERRY_DEVICE"] == "cpu"
     assert argv[argv.index("--queues") + 1] == "realtime-cpu,realtime-sweeps"
     assert argv[argv.index("--concurrency") + 1] == "3"
     argv, _ = worker_command(Settings(), queues="batch", device="cuda:0")
     assert argv[argv.index("--queues") + 1] == "batch"
     with pytest.raises(click.BadParameter):
         worker_command(Settings(), device="tpu")
+
+
+def test_a_workers_processes_share_the_cores_among_their_torch_threads(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    threads = lambda **kw: worker_command(Settings(**kw))[1]["FERRY_TORCH_THREADS"]  # noqa: E731
+    assert threads(worker_concurrency=2) == "4"
+    assert threads(worker_concurrency=3) == "2"
+    assert threads(worker_concurrency=16) == "1"
+    assert threads(worker_concurrency=2, torch_threads=6) == "6"  # set by the operator
+
+
+def test_the_pool_limits_torch_threads_where_it_loads_a_torch_model(monkeypatch):
+    from models import torch_runtime
+    from models.registry import Registry
+    from tasks.pool import ModelPool
+
+    limited = []
+    monkeypatch.setattr(torch_runtime, "limit_threads", limited.append)
+    pool = ModelPool("cpu", torch_threads=3)
+    pool.get(Registry.from_file(Settings().model_repository).get("textstats"))  # a subprocess model
+    assert limited == []
+    pool.get(Registry.from_file(Settings().model_repository).get("pi"))
+    assert limited == [3]
+    pool.close()
 
 
 def test_every_real_time_worker_runs_the_sweeper_and_batch_workers_do_not():
