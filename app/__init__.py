@@ -79,6 +79,6 @@ def create_app(test_config: dict | None = None, *, redis_client=None, sender: Ta
     dashboard.init_app(app)
     # Last, so that metrics see the 429s too.
     ratelimit.init_app(app, settings, redis_client)
-    # In front of all of it: a body that was a cache hit is answered beneath Flask next time.
+    # In front of all of it: plain submits are answered beneath Flask (app/fast_path.py).
     fast_path.install(app)
     return app

@@ -40,7 +40,7 @@ _children: dict[tuple, tuple] = {}
 
 
 def answered(method: str, route: str, status: int, elapsed_s: float) -> None:
-    """Count one answered request (Flask's, or a cache hit's beneath it: app/fast_path.py)."""
+    """Count one answered request (Flask's, or a submit's beneath it: app/fast_path.py)."""
     known = _children.get((method, route, status))
     if known is None:
         known = _children[(method, route, status)] = (HTTP_LATENCY.labels(method, route),

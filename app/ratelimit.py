@@ -44,16 +44,12 @@ MISSED_BENEATH = "ferry.missed"
 # A submit is counted where it reads the cache (`counted_get`), in the same round trip.
 SUBMIT = "predictions.Submissions"
 
-# KEYS[1]: the caller's counters; KEYS[2] (optional): a key to GET, returned when the request is allowed.
+# KEYS[1]: the caller's counters; KEYS[2] (optional): a key to GET once the request is allowed.
 # ARGV: limit, window in ms, for each limit. Returns {0, 0, value} or {limit number, retry ms, false}.
 # Fields per limit i: i.w (the current window's number), i.c (its count), i.p (the previous one's).
 _SCRIPT = """
 if redis.replicate_commands then redis.replicate_commands() end
 if redis.set_repl then redis.set_repl(redis.REPL_NONE) end
-local value = false
-if KEYS[2] then
-  value = redis.call('GET', KEYS[2])
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = #ARGV / 2
@@ -90,6 +86,8 @@ for i = 1, n do
 end
 redis.call('HSET', KEYS[1], unpack(update))
 redis.call('PEXPIRE', KEYS[1], 2 * longest)
+local value = false
+if KEYS[2] then value = redis.call('GET', KEYS[2]) end
 return {0, 0, value}
 """
 
@@ -114,10 +112,10 @@ class RateLimiter:
 
     def hit(self, identity: str, also_get: str | None = None) -> str | None:
         """Count one request of `identity`, or raise RateLimited; with `also_get`, that key's
-        value (returned only when the request is allowed)."""
+        value (read only when the request is allowed)."""
         keys = [self.prefix + identity] if also_get is None else [self.prefix + identity, also_get]
         refused, retry_ms, value = self.script(keys=keys, args=self.args)
-        if refused > 0:
+        if refused:
             raise RateLimited(self.limits[refused - 1], retry_ms / 1000)
         return value or None
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import re
 
+from tasks.celery_app import BATCH_QUEUE
+
 CPU_QUEUE = "realtime-cpu"
-SWEEP_QUEUE = "realtime-sweeps"
-# Batch workers take no part in real time (tasks.celery_app.BATCH_QUEUE).
-_BATCH_QUEUE = "batch"
 GPU_QUEUE = "realtime-gpu"
+SWEEP_QUEUE = "realtime-sweeps"
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 
@@ -45,6 +45,7 @@ def device_queues(device: str) -> list[str]:
 def with_sweeps(queues: str) -> str:
     """A worker's comma-separated queues, with the sweeper's when it serves real time."""
     names = [name for name in queues.split(",") if name]
-    if SWEEP_QUEUE in names or all(name == _BATCH_QUEUE for name in names):
+    # Batch workers take no part in real time.
+    if SWEEP_QUEUE in names or all(name == BATCH_QUEUE for name in names):
         return ",".join(names)
     return ",".join([*names, SWEEP_QUEUE])

@@ -75,7 +75,7 @@ def run_prediction(prediction_id: str, ctx: WorkerContext, model: str | None = N
         return taken.outcome  # finished already
     batch = [taken.record, *taken.others]
     for record in batch:
-        record.update(status=records.RUNNING, started_at=started, batch_size=str(len(batch)))
+        record.update(status=records.RUNNING, started_at=started)
     with ctx.leases.holding([record["id"] for record in batch]) as held:
         batch += _gather(ctx, spec, len(batch), held)
         return _run_batch(ctx, spec, batch)[prediction_id]
@@ -161,14 +161,13 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
             statuses[record["id"]] = records.CANCELED
             log.info("prediction of %s canceled while running", spec.name, extra=tags)
         elif error is None:
-            if record.get("retries"):
-                record.pop("error", None)  # a retry's note, now moot (deleted below)
+            if record.get("retries"):  # a retry's note, now moot: neither stored nor announced
+                record.pop("error", None)
                 record.pop("retry_at", None)
+                pipe.hdel(ctx.store.key(record["id"]), "error", "retry_at")
             ctx.cache.set(record["cache_key"], encoded, spec.cache_ttl_s, pipe=pipe)
             ctx.store.update(record["id"], records.SUCCEEDED, pipe=pipe, record=record, output=encoded,
                              finished_at=finished, batch_size=size)
-            if record.get("retries"):
-                pipe.hdel(ctx.store.key(record["id"]), "error", "retry_at")  # a retry's note, now moot
             statuses[record["id"]] = records.SUCCEEDED
             log.info("prediction of %s succeeded in %.1f ms (batch of %d)", spec.name, run_ms, size, extra=tags)
         else:

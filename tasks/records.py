@@ -496,37 +496,27 @@ local function claim(id)
     end
     return false
 end
--- A record as the worker needs it: without where its message waits.
-local function hgetall(key)
-    local fields, kept = redis.call('HGETALL', key), {}
+-- A record as the worker needs it, and where its own message waits (nil, nil when it names none).
+local function record_of(key)
+    local fields, kept, list, message = redis.call('HGETALL', key), {}, nil, nil
     for i = 1, #fields, 2 do
-        if fields[i] ~= 'message' and fields[i] ~= 'message_list' then
+        if fields[i] == 'message_list' then
+            list = fields[i + 1]
+        elseif fields[i] == 'message' then
+            message = fields[i + 1]
+        else
             kept[#kept + 1] = fields[i]
             kept[#kept + 1] = fields[i + 1]
         end
     end
-    return fields, kept
-end
--- A prediction taken into another's batch no longer needs its own message: withdrawn from
--- its queue, no worker process spends a task on it. Its claim and the sweeper now see it
--- through. It is looked for among the oldest messages only, where it most likely is, so
--- that a long queue is never scanned whole (Redis does nothing else meanwhile); one not
--- found (a worker has fetched it already, or it is further in) runs and finds its
--- prediction claimed or done.
-local function withdraw(key, fields, from_queue)
-    local list, message = field(fields, 'message_list'), field(fields, 'message')
-    if list then
-        if from_queue and redis.call('LPOS', list, message, 'RANK', -1, 'MAXLEN', 256) then
-            redis.call('LREM', list, -1, message)
-        end
-        redis.call('HDEL', key, 'message_list', 'message')
-    end
+    return kept, list, message
 end
 local claimed = {}
 local own_fields = {}
-local own_all = {}
 if own ~= '' then
-    own_all, own_fields = hgetall(prefix .. 'prediction:' .. own)
+    local key = prefix .. 'prediction:' .. own
+    local list
+    own_fields, list = record_of(key)
     local status = field(own_fields, 'status')
     if not status then
         return {'missing', {}, {}}
@@ -544,20 +534,33 @@ if own ~= '' then
         return {'claimed', {}, {}}
     end
     redis.call('LREM', KEYS[2], 1, own)
-    withdraw(prefix .. 'prediction:' .. own, own_all, false)  -- its message is the one running
+    if list then  -- its message is the one running
+        redis.call('HDEL', key, 'message_list', 'message')
+    end
     claimed[1] = own
 end
 local taken = {}
 if count > 0 then
     for _, id in ipairs(redis.call('LPOP', KEYS[2], count) or {}) do
         local key = prefix .. 'prediction:' .. id
-        local all, fields = hgetall(key)
+        local fields, list, message = record_of(key)
         local status = field(fields, 'status')
         -- An id whose record expired, finished or belongs to another registration is
         -- dropped from the list; its own message settles it.
         if (status == 'queued' or status == 'running') and (field(fields, 'revision') or '') == revision
                 and claim(id) then
-            withdraw(key, all, true)
+            -- Taken into this batch, it no longer needs its own message: withdrawn from its
+            -- queue, no worker process spends a task on it; its claim and the sweeper now see
+            -- it through. It is looked for among the oldest messages only, where it most
+            -- likely is, so that a long queue is never scanned whole (Redis does nothing else
+            -- meanwhile); one not found (fetched already, or further in) runs and finds its
+            -- prediction claimed or done.
+            if list then
+                if redis.call('LPOS', list, message, 'RANK', -1, 'MAXLEN', 256) then
+                    redis.call('LREM', list, -1, message)
+                end
+                redis.call('HDEL', key, 'message_list', 'message')
+            end
             claimed[#claimed + 1] = id
             taken[#taken + 1] = fields
         end

@@ -105,8 +105,7 @@ class MessageTemplate:
 
     def fill(self, prediction_id: str) -> tuple[str, str]:
         body = base64.b64encode(self.body.replace(_PLACEHOLDER, prediction_id).encode()).decode()
-        task_id = str(uuid.uuid4())
-        values = {"body": body, "task": task_id, "tag": str(uuid.uuid4())}
+        values = {"body": body, "task": str(uuid.uuid4()), "tag": str(uuid.uuid4())}
         # Odd parts are the names of what goes there; the prediction id is also in `argsrepr`.
         return self.queue, "".join(values[part] if i % 2 else part.replace(_PLACEHOLDER, prediction_id)
                                    for i, part in enumerate(self.parts))

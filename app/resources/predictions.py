@@ -377,15 +377,14 @@ def rendered(app, record: dict, queue_position: int | None = None) -> Response:
     the stored output (JSON already) put in as it is stored, as a cache hit's is, not parsed
     and written again: for an embedding that would be most of the answer's CPU."""
     output = record.get("output")
-    response = app.json.response(shown({**record, "output": None} if output else record, queue_position))
+    response = app.json.response(_shown({**record, "output": None} if output else record, queue_position))
     if output:
         # Keys are sorted: the top-level "output" comes before any nested one ("partial_output" is null when it ends).
         response.set_data(_OUTPUT_NULL.sub(lambda _: b'"output":' + output.encode(), response.get_data(), count=1))
     return response
 
 
-def shown(record: dict, queue_position: int | None) -> dict:
-    """A record as the API answers it (PredictionSchema, dumped)."""
+def _shown(record: dict, queue_position: int | None) -> dict:
     return _PREDICTION.dump(view(record, queue_position))
 
 
@@ -419,6 +418,6 @@ class PredictionEventStream(MethodView):
         if not ferry.streams.acquire(blocking=False):
             abort(503, message="Too many event streams are open on this server; poll GET /predictions/{id}.",
                   headers={"Retry-After": str(ferry.settings.retry_after_s)})
-        events = PredictionEvents(ferry.store, record, shown, ferry.streams,
+        events = PredictionEvents(ferry.store, record, _shown, ferry.streams,
                                   ferry.settings.event_heartbeat_s, ferry.settings.event_stream_max_s)
         return events.response()
