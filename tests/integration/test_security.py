@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from app import create_app
-from tests.auth import keyed_client
+from tests.auth import clear_of_a_minute_edge, keyed_client
 from tests.processes import wait_for
 
 pytestmark = pytest.mark.integration
@@ -12,6 +12,7 @@ pytestmark = pytest.mark.integration
 
 def test_rate_limits_are_counted_in_redis_and_shared_by_api_processes(redis_url, real_redis):
     # Two apps stand for two API processes: the budget is the key's, not the process's.
+    clear_of_a_minute_edge()
     config = {"TESTING": True, "redis_url": redis_url, "rate_limit": "4/minute"}
     first, second = create_app(config), create_app(config)
     client = keyed_client(first)

@@ -14,7 +14,7 @@ from app import create_app
 from models.base import encode_output
 from tasks import logs, records
 from tasks.senders import RecordingSender
-from tests.auth import keyed_client
+from tests.auth import clear_of_a_minute_edge, keyed_client
 from tests.unit.test_metrics import scrape, value
 
 PATH = "/models/digits/predictions"
@@ -149,6 +149,7 @@ def test_everything_else_reaches_flask_with_its_body(app, client, flask_calls):
 
 
 def test_a_submit_that_joins_one_in_flight_goes_to_flask_counted_once(fake_redis, sender):
+    clear_of_a_minute_edge()
     limited = create_app({"redis_url": "redis://unused:1/0", "rate_limit": "2/minute"}, redis_client=fake_redis,
                          sender=sender)
     calls, client = _count_flask(limited), keyed_client(limited)
@@ -170,6 +171,7 @@ def test_a_body_over_the_size_limit_is_left_to_flask(app, client, flask_calls):
 
 @pytest.fixture
 def limited_app(fake_redis, sender):
+    clear_of_a_minute_edge()
     return create_app({"redis_url": "redis://unused:1/0", "rate_limit": "3/minute"}, redis_client=fake_redis,
                       sender=sender)
 
