@@ -65,6 +65,7 @@ def dev() -> None:
     hosts = settings.http_model_hosts or DEV_MODEL_HOSTS
     env["FERRY_HTTP_MODEL_HOSTS"] = hosts
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    settings.batch_inputs.mkdir(parents=True, exist_ok=True)
     api = f"http://{settings.api_host}:{settings.api_port}"
     click.echo(
         "Ferry is starting:\n"
@@ -74,6 +75,7 @@ def dev() -> None:
         f"  API key  Authorization: Bearer {api_key}   (scopes predict, admin)\n"
         f"  Models   http models may be registered on {hosts} (FERRY_HTTP_MODEL_HOSTS)\n"
         f"  Redis    {redis_url}{'   (embedded, data in ' + settings.data_dir + '/redis)' if 'redis' in processes else ''}\n"
+        f"  Batch    input files in {settings.batch_inputs}\n"
         "Stop with Ctrl-C.\n"
     )
     _exec([_tool("honcho"), "start", "-f", str(PROCFILE), "-d", str(ROOT), *processes], env)

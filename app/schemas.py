@@ -120,14 +120,18 @@ class BatchJobCreateSchema(Schema):
 
 
 class BatchProgressSchema(Schema):
-    total = fields.Integer()
-    valid = fields.Integer()
-    done = fields.Integer()
-    failed = fields.Integer()
-    invalid = fields.Integer()
+    total = fields.Integer(metadata={"description": "Rows read from the source."})
+    valid = fields.Integer(metadata={"description": (
+        "Rows not found invalid (so far: workers check the rows of each chunk as they run it).")})
+    done = fields.Integer(metadata={"description": "Inputs whose output is in the cache."})
+    failed = fields.Integer(metadata={"description": "Valid inputs the model failed on."})
+    invalid = fields.Integer(metadata={"description": (
+        "Rows that could not be read, or that the model's schema refused; grows as chunks run.")})
     chunks_total = fields.Integer()
     chunks_done = fields.Integer()
-    rate_per_s = fields.Float(allow_none=True)
+    remaining = fields.Integer(metadata={"description": (
+        "Valid rows not computed yet: 0 once the job has succeeded; what a canceled job left.")})
+    rate_per_s = fields.Float(allow_none=True, metadata={"description": "Rows checked or computed a second."})
     eta_s = fields.Float(allow_none=True)
 
 

@@ -53,7 +53,8 @@ def run(model, source, top_n, chunk_size, batch_size, cache_ttl_s, local) -> Non
         kind = Path(source).suffix.lower().lstrip(".")
         if kind not in ("jsonl", "csv"):
             raise click.UsageError("SOURCE must end in .jsonl or .csv, or be `popular`.")
-        described = {"type": kind, "path": str(Path(source).resolve())}
+        # As given: a relative path is looked for in the batch input folder, then here.
+        described = {"type": kind, "path": source}
     try:
         job = runner.create_job(ctx, model=model, source=described, chunk_size=chunk_size, batch_size=batch_size,
                                 cache_ttl_s=cache_ttl_s, origin="cli", confined=False)
@@ -77,8 +78,8 @@ def run(model, source, top_n, chunk_size, batch_size, cache_ttl_s, local) -> Non
 
 
 def _bar(ctx, job_id):
-    job = runner.job_store(ctx).get(job_id)
-    return tqdm(total=int(job.get("valid") or 0), unit="input", dynamic_ncols=True, file=sys.stderr)
+    store = runner.job_store(ctx)
+    return tqdm(total=store.progress(store.get(job_id))["valid"], unit="input", dynamic_ncols=True, file=sys.stderr)
 
 
 def _update(bar, ctx, job_id) -> dict:
@@ -108,7 +109,8 @@ def _summary(ctx, job_id: str) -> None:
     progress = store.progress(job)
     click.echo(
         f"{job['status']}: {progress['done']} cached, {progress['failed']} failed, {progress['invalid']} invalid "
-        f"of {progress['total']} rows; {progress['rate_per_s'] or 0:.1f} inputs/s"
+        f"of {progress['total']} rows; {progress['rate_per_s'] or 0:.1f} rows/s"
+        + (f"; {progress['remaining']} rows not computed" if progress["remaining"] else "")
     )
     for error in store.errors(job_id)[:10]:
         click.echo(f"  line {error['line']}: {error['error']}")
@@ -134,8 +136,9 @@ def status(job_id: str) -> None:
 @click.argument("job_id")
 def cancel(job_id: str) -> None:
     """Cancel a job."""
-    job = runner.cancel_job(job_id, _context())
-    click.echo(job["status"] if job else f"No batch job {job_id}.")
+    ctx = _context()
+    _unfinished(ctx, job_id, "there is nothing to cancel")
+    click.echo(runner.cancel_job(job_id, ctx)["status"])
 
 
 @batch.command("resume")
@@ -144,9 +147,17 @@ def cancel(job_id: str) -> None:
 def resume(job_id: str, follow: bool) -> None:
     """Dispatch a job's unfinished chunks again (after its worker died)."""
     ctx = _context()
-    job = runner.resume_job(job_id, ctx, _sender(ctx).send_chunk)
-    if job is None:
-        raise click.UsageError(f"No batch job {job_id}.")
+    _unfinished(ctx, job_id, "only an unfinished job resumes")
+    runner.resume_job(job_id, ctx, _sender(ctx).send_chunk)
     if follow:
         _follow(ctx, job_id)
         _summary(ctx, job_id)
+
+
+def _unfinished(ctx, job_id: str, otherwise: str) -> dict:
+    job = runner.job_store(ctx).get(job_id)
+    if job is None:
+        raise click.UsageError(f"No batch job {job_id}.")
+    if job["status"] in FINISHED:
+        raise click.ClickException(f"The job has finished ({job['status']}); {otherwise}.")
+    return job

@@ -5,16 +5,36 @@ Plain functions over a context (Redis, registry, model pool, cache); the Celery 
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import time
 
+import orjson
+
 from batch_jobs import sources
-from batch_jobs.store import CANCELED, FAILED, FINISHED, PLANNING, QUEUED, RUNNING, SUCCEEDED, BatchJobStore
+from batch_jobs.store import ERROR_SAMPLE, CANCELED, FAILED, FINISHED, PLANNING, QUEUED, RUNNING, SUCCEEDED, BatchJobStore
 from models.cache import input_digest
 from models.registry import UnknownModel
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """No cyclic garbage collection while planning or running a chunk. A chunk is thousands
+    of acyclic dicts and lists, freed by reference counting; while they live, the collector
+    walks them again each time a few hundred more are made (digits: a fifth of the worker's
+    CPU in its chunk's JSON and the model's inputs and outputs). Cycles made meanwhile are
+    collected when it resumes."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def job_store(ctx) -> BatchJobStore:
@@ -50,18 +70,26 @@ def create_job(ctx, *, model: str, source: dict, chunk_size: int | None = None, 
     )
 
 
-def _job_spec(ctx, store, job: dict):
+def _served_spec(ctx, job: dict):
     """The model version the job was created for (a job never switches to a new default
-    midway), or None once the job is failed because that version is no longer served."""
+    midway), or None once that version is no longer served."""
     try:
         spec = ctx.registry.get(job["model"], job["version"])
-        if spec.revision == job.get("revision", ""):
-            return spec
     except UnknownModel:
-        pass
-    store.set_status_unless_finished(job["id"], FAILED, finished_at=repr(time.time()),
-                                     error=f"Model {job['model']!r} version {job['version']!r} is not served any more.")
-    return None
+        return None
+    return spec if spec.revision == job.get("revision", "") else None
+
+
+def _job_spec(ctx, store, job: dict):
+    """`_served_spec`; a job whose version is gone is failed, with the reason."""
+    spec = _served_spec(ctx, job)
+    if spec is None:
+        store.set_status_unless_finished(job["id"], FAILED, finished_at=repr(time.time()), error=_gone(job))
+    return spec
+
+
+def _gone(job: dict) -> str:
+    return f"Model {job['model']!r} version {job['version']!r} is not served any more."
 
 
 def _cache_version(job: dict) -> str:
@@ -74,12 +102,18 @@ def _rows(job: dict, spec, ctx):
         return sources.jsonl_rows(sources.Path(source["path"]))
     if source["type"] == "csv":
         return sources.csv_rows(sources.Path(source["path"]), spec)
-    return sources.popular_rows(ctx.redis, ctx.settings.key_prefix, spec, source["top_n"])
+    # The ranking moves: a plan made again (its planner died) must split the same inputs.
+    members = job_store(ctx).snapshot(
+        job["id"], lambda: sources.popular_members(ctx.redis, ctx.settings.key_prefix, spec, source["top_n"]))
+    return enumerate(members, start=1)  # the rank stands for the line
 
 
+@paused_gc()
 def plan_job(job_id: str, ctx, dispatch) -> dict | None:
-    """Read and validate the source, store it as chunks and dispatch each chunk as soon as
-    it is full, so the workers start while the rest is still being read. Planning twice (a
+    """Split the source's rows into chunks and dispatch each chunk as soon as it is full, so
+    the workers start while the rest is still being read. Rows are checked on the workers,
+    not here: one planner would otherwise cap every job at the rate one core validates
+    (digits: 80,000 rows a second), however many workers run it. Planning twice (a
     redelivered task) re-dispatches what is unfinished instead of re-reading."""
     store = job_store(ctx)
     job = store.get(job_id)
@@ -93,29 +127,29 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
     spec = _job_spec(ctx, store, job)
     if spec is None:
         return store.get(job_id)
-    schema = ctx.registry.input_schema(spec.name, spec.version)
     chunk_size, batch_size = int(job["chunk_size"]), int(job["batch_size"])
     chunk: list = []
-    n_chunks, valid, invalid, errors = 0, 0, 0, []
+    n_chunks, planned, unreadable, errors = 0, 0, 0, []
 
     def flush() -> None:
-        nonlocal chunk, n_chunks
+        nonlocal chunk, n_chunks, errors
         store.write_chunk(job_id, n_chunks, chunk)
-        store.set(job_id, progress_at=repr(time.time()))  # the watchdog sees a live planner
+        # The counts so far, before the chunk can run (its refused rows are counted among
+        # these); progress_at tells the watchdog the planner is alive.
+        store.set(job_id, planned=planned, invalid=unreadable, progress_at=repr(time.time()))
+        store.record_errors(job_id, errors)
         dispatch(job_id, n_chunks)
-        chunk, n_chunks = [], n_chunks + 1
+        chunk, n_chunks, errors = [], n_chunks + 1, []
 
     try:
-        for line, validated, error in sources.validated_rows(_rows(job, spec, ctx), schema):
-            if error is not None:
-                invalid += 1
-                if len(errors) < 100:
-                    errors.append({"line": line, "error": error})
+        for line, text in _rows(job, spec, ctx):
+            if isinstance(text, sources.SourceRowError):
+                unreadable += 1
+                if unreadable <= ERROR_SAMPLE:
+                    errors.append({"line": line, "error": text.message})
                 continue
-            valid += 1
-            # The digest is taken here, while the worker runs earlier chunks, not on the
-            # worker's path between forward passes.
-            chunk.append([line, validated, input_digest(validated)])
+            planned += 1
+            chunk.append([line, text])
             # The first chunks are one batch, then two, four...: the worker starts after one
             # batch is read, not a whole chunk, while later chunks are large enough that the
             # cost of a task (a message, bookkeeping in Redis) is spread over many inputs.
@@ -128,15 +162,17 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
                                          finished_at=repr(time.time()))
         return store.get(job_id)
     store.record_errors(job_id, errors)
-    store.set(job_id, valid=valid, invalid=invalid, n_chunks=n_chunks)
+    store.set(job_id, planned=planned, invalid=unreadable, n_chunks=n_chunks)
     if store.set_status_unless_finished(job_id, RUNNING):
         # Chunks may all have finished while the source was still being read.
         _finish_if_complete(store, job_id)
     return store.get(job_id)
 
 
+@paused_gc()
 def run_chunk(job_id: str, number: int, ctx) -> str:
-    """Run one chunk through the model in batches and write the outputs into the cache."""
+    """Check a chunk's rows, run the valid ones through the model in batches and write the
+    outputs into the cache."""
     store = job_store(ctx)
     job = store.get(job_id)
     if job is None or job["status"] in FINISHED:
@@ -151,32 +187,49 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
         return FAILED
     ctx.pool.get(spec)  # load the model before a run is counted
     store.count_run(job_id, number)
+    rows, errors = _checked(items, ctx.registry.input_schema(spec.name, spec.version))
+    invalid = len(errors)
     batch_size, ttl = int(job["batch_size"]), int(job["cache_ttl_s"])
     key_prefix = ctx.cache.key_prefix(spec.name, spec.cache_version)
-    ok, failed, errors = 0, 0, []
-    for start in range(0, len(items), batch_size):
+    ok, failed = 0, 0
+    outcome = "done"
+    for start in range(0, len(rows), batch_size):
         if start and store.get(job_id).get("status") == CANCELED:
-            return CANCELED
-        batch = items[start:start + batch_size]
+            outcome = CANCELED  # what is cached so far is recorded, and the rest never runs
+            break
+        batch = rows[start:start + batch_size]
         keys, outputs = [], []
-        for item, (output, error) in zip(batch, ctx.pool.predict(spec, [item[1] for item in batch])):
+        for (line, _, digest), (output, error) in zip(batch, ctx.pool.predict(spec, [row[1] for row in batch])):
             if error is None:
-                keys.append(key_prefix + _digest(item))
+                keys.append(key_prefix + digest)
                 outputs.append(output)
             else:
-                errors.append({"line": item[0], "error": error})
+                errors.append({"line": line, "error": error})
         ctx.cache.set_many(keys, outputs, ttl)
         ok += len(keys)
         failed += len(batch) - len(keys)
-    store.record_errors(job_id, errors)
-    if store.finish_chunk(job_id, number, ok, failed):
+    # The digests of the valid rows, so that reading results needs no model schema.
+    digests = _aligned_digests(items, rows)
+    if store.finish_chunk(job_id, number, ok, failed, invalid, digests, canceled=outcome == CANCELED):
+        # Only the run that recorded the chunk adds its errors: a chunk run twice lists them once.
+        store.record_errors(job_id, errors)
         _finish_if_complete(store, job_id)
-    return "done"
+    return outcome
 
 
-def _digest(item: list) -> str:
-    # Chunks planned before digests were stored hold [line, input] only.
-    return item[2] if len(item) > 2 else input_digest(item[1])
+def _checked(items: list, schema) -> tuple[list[tuple[int, dict, str]], list[dict]]:
+    """`(line, validated input, digest)` of a chunk's valid rows, and `{"line", "error"}` of
+    the others. A chunk planned by an older Ferry holds inputs it validated already, with their
+    digest or, older still, without."""
+    if items and not isinstance(items[0][1], str):
+        return [(item[0], item[1], item[2] if len(item) > 2 else input_digest(item[1])) for item in items], []
+    rows, errors = [], []
+    for line, validated, error in sources.validated_rows(items, schema):
+        if error is None:
+            rows.append((line, validated, input_digest(validated)))
+        else:
+            errors.append({"line": line, "error": error})
+    return rows, errors
 
 
 def _finish_if_complete(store: BatchJobStore, job_id: str) -> None:
@@ -199,7 +252,8 @@ def resume_job(job_id: str, ctx, dispatch) -> dict | None:
     if job is None or job["status"] in FINISHED:
         return job
     if job["status"] in (QUEUED, PLANNING) and not job.get("n_chunks"):
-        store.set(job_id, status=QUEUED)
+        if not store.set_status_unless_finished(job_id, QUEUED):  # canceled meanwhile
+            return store.get(job_id)
         return plan_job(job_id, ctx, dispatch)
     done = store.done_chunks(job_id)
     store.set(job_id, progress_at=repr(time.time()))
@@ -222,25 +276,67 @@ def resume_stale_jobs(ctx, dispatch) -> list[str]:
         last = float(job.get("progress_at") or job["created_at"])
         if now - last >= ctx.settings.batch_stale_s:
             log.warning("batch job %s made no progress for %.0fs; resuming", job_id, now - last)
-            resume_job(job_id, ctx, dispatch)
+            try:
+                resume_job(job_id, ctx, dispatch)
+            except Exception:  # one job's failure must not keep the others from resuming
+                log.exception("batch job %s could not be resumed", job_id)
+                continue
             resumed.append(job_id)
     return resumed
 
 
 def results(job_id: str, ctx):
-    """Yield one dict per valid input, in source order: line, input, and output or error."""
+    """Yield one dict per valid input, in source order: line, the input as the source gave
+    it, and output or error."""
     store = job_store(ctx)
     job = store.get(job_id)
-    spec_name, version = job["model"], _cache_version(job)
+    spec = _served_spec(ctx, job)
+    schema = spec and ctx.registry.input_schema(spec.name, spec.version)
     errors = {error["line"]: error["error"] for error in store.errors(job_id)}
+    key_prefix = ctx.cache.key_prefix(job["model"], _cache_version(job))
+    done = store.done_chunks(job_id)
     for number in range(int(job.get("n_chunks") or 0)):
+        not_computed = _not_computed(job, done.get(number))
         items = store.chunk_items(job_id, number) or []
-        key_prefix = ctx.cache.key_prefix(spec_name, version)
-        outputs = ctx.redis.mget([key_prefix + _digest(item) for item in items]) if items else []
-        for (line, item, *_), raw in zip(items, outputs):
-            row = {"line": line, "input": item}
+        digests = store.chunk_digests(job_id, number) or _digests(items, schema)
+        if digests is None:  # a chunk that never ran, of a model version no longer served
+            yield from ({"line": item[0], "input": _as_given(item[1]), "error": _gone(job)} for item in items)
+            continue
+        valid = [(item, digest) for item, digest in zip(items, digests) if digest]
+        outputs = ctx.redis.mget([key_prefix + digest for _, digest in valid]) if valid else []
+        for (item, _), raw in zip(valid, outputs):
+            row = {"line": item[0], "input": _as_given(item[1])}
             if raw is not None:
                 row["output"] = json.loads(raw)
             else:
-                row["error"] = errors.get(line, "No output (not computed yet, failed, or expired).")
+                row["error"] = errors.get(item[0], not_computed)
             yield row
+
+
+def _not_computed(job: dict, outcome: dict | None) -> str:
+    """Why a valid row of a chunk with this outcome has no output, beyond its own error."""
+    if job["status"] == CANCELED:
+        if outcome is None:
+            return "Not computed: the job was canceled."
+        if outcome.get("canceled"):
+            return "No output: not computed (the job was canceled), or expired."
+    return "No output (not computed yet, failed, or expired)."
+
+
+def _digests(items: list, schema) -> list | None:
+    """The digest of each item (None for a row its schema refuses) of a chunk no worker has
+    finished, or None when its rows cannot be checked."""
+    if items and isinstance(items[0][1], str) and schema is None:
+        return None
+    rows, _ = _checked(items, schema)
+    return _aligned_digests(items, rows)
+
+
+def _aligned_digests(items: list, rows: list[tuple[int, dict, str]]) -> list:
+    """Each item's digest, from the valid `rows` `_checked` made of them; None for the others."""
+    digest_of = {line: digest for line, _, digest in rows}
+    return [digest_of.get(item[0]) for item in items]
+
+
+def _as_given(value):
+    return orjson.loads(value) if isinstance(value, str) else value

@@ -1,13 +1,18 @@
 """Where a batch job's inputs come from: JSONL or CSV files, or the inputs asked for most.
 
-Every source yields `(line, raw_input)` pairs; `validated_rows` checks each against the
-model's schema, so that a bad row is counted and reported, never fatal.
+Every source yields `(line, text)` pairs, the text a row's JSON, unparsed, or a
+`SourceRowError` for a row that cannot even be read. The planner only splits the rows into
+chunks; the batch workers parse and check each with `validated_rows`, so that the costly
+part of reading a source runs on every worker at once, and a bad row is counted and
+reported, never fatal.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import logging
+import math
 import threading
 
 import orjson
@@ -46,37 +51,92 @@ def resolve_path(path: str, base: Path, *, confined: bool) -> Path:
     return candidate
 
 
-def jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
-    with path.open(encoding="utf-8") as handle:
+def jsonl_rows(path: Path) -> Iterator[tuple[int, "str | SourceRowError"]]:
+    """Each line that is not blank; one that is not UTF-8 is a bad row, not a bad file."""
+    with path.open("rb") as handle:
         for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
+            if line_no == 1 and line.startswith(codecs.BOM_UTF8):
+                line = line[len(codecs.BOM_UTF8):]
+            try:
+                text = line.decode("utf-8").strip(_JSON_SPACE)
+            except UnicodeDecodeError as exc:
+                yield line_no, SourceRowError(f"Not valid UTF-8 (byte {exc.start + 1} of the line).")
                 continue
-            try:
-                yield line_no, orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield line_no, SourceRowError(f"Not valid JSON: {exc}.")
+            if text:
+                yield line_no, text
 
 
-def csv_rows(path: Path, spec: ModelSpec) -> Iterator[tuple[int, object]]:
+_JSON_SPACE = " \t\r\n"
+
+
+def csv_rows(path: Path, spec: ModelSpec) -> Iterator[tuple[int, "str | SourceRowError"]]:
     """CSV cells are text: numbers are parsed, booleans are true/false, arrays are JSON, and
-    empty cells are absent (so defaults apply)."""
+    empty cells are absent (so defaults apply). Each row is passed on as a JSON object, under
+    the line its record starts on; blank lines are skipped."""
     kinds = {field.name: field.type for field in spec.inputs}
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        for row in reader:
-            line_no = reader.line_num
+    # A cell may be as long as the longest input a model accepts (an image), not csv's 128 KiB.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_CELL))
+    # Bytes that are not UTF-8 become lone surrogates here, so that they fail their row only.
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        while header == []:  # blank lines before the header
+            header = next(reader, None)
+        if header is None:
+            return
+        if "" in header or len(set(header)) < len(header):
+            raise SourceError(f"The header row must name each column once: {','.join(header)[:200]}")
+        while True:
+            line_no = reader.line_num + 1
             try:
-                yield line_no, {name: _cell(kinds.get(name), value) for name, value in row.items()
-                                if value not in ("", None)}
-            except ValueError as exc:
-                yield line_no, SourceRowError(str(exc))
+                cells = next(reader, None)
+            except csv.Error as exc:  # a cell past MAX_CELL, say: the reader goes on at the next line
+                yield line_no, SourceRowError(f"Not readable as CSV: {exc}.")
+                continue
+            if cells is None:
+                return
+            if not cells:
+                continue
+            yield line_no, _row_text(header, cells, kinds)
 
 
-def _cell(kind: str | None, value: str):
+MAX_CELL = 16 * 2**20
+
+
+def _row_text(header: list[str], cells: list[str], kinds: dict) -> "str | SourceRowError":
+    # Empty cells past the last column (a trailing comma, as spreadsheets write) are nothing.
+    if len(cells) > len(header) and not any(cells[len(header):]):
+        cells = cells[:len(header)]
+    if len(cells) > len(header):
+        return SourceRowError(f"The row has {len(cells)} cells; the header names {len(header)} columns.")
+    try:
+        row = {name: _cell(name, kinds.get(name), value) for name, value in zip(header, cells) if value != ""}
+        text = json.dumps(row, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")  # fails on a lone surrogate: a byte that was not UTF-8
+        return text
+    except UnicodeEncodeError:
+        return SourceRowError("Not valid UTF-8.")
+    except ValueError as exc:
+        return SourceRowError(str(exc))
+
+
+def _cell(name: str, kind: str | None, value: str):
+    try:
+        return _typed(kind, value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"Column {name!r}: not valid JSON ({exc}).") from None
+    except ValueError as exc:
+        raise ValueError(f"Column {name!r}: {exc}") from None
+
+
+def _typed(kind: str | None, value: str):
     if kind == "integer":
         return int(value)
     if kind == "number":
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a finite number.")
+        return number
     if kind == "array":
         return json.loads(value)
     if kind == "boolean":
@@ -91,10 +151,9 @@ def popular_key(prefix: str, model: str, version: str) -> str:
     return f"{prefix}popular:{model}:{version}"
 
 
-def popular_rows(redis, prefix: str, spec: ModelSpec, top_n: int) -> Iterator[tuple[int, object]]:
-    members = redis.zrevrange(popular_key(prefix, spec.name, spec.version), 0, top_n - 1)
-    for rank, member in enumerate(members, start=1):
-        yield rank, json.loads(member)
+def popular_members(redis, prefix: str, spec: ModelSpec, top_n: int) -> list[str]:
+    """The `top_n` inputs asked for most, as canonical JSON, most asked first."""
+    return redis.zrevrange(popular_key(prefix, spec.name, spec.version), 0, top_n - 1)
 
 
 class SourceRowError:
@@ -105,12 +164,15 @@ class SourceRowError:
 
 
 def validated_rows(rows, schema: Schema):
-    """Yield `(line, validated_input, None)` or `(line, None, error message)`."""
+    """Yield `(line, validated_input, None)` or `(line, None, error message)` for each
+    `(line, text)` row of a chunk (the planner keeps a `SourceRowError` out of chunks)."""
     # Same result and messages as `load`, a fraction of its cost (models.schemas.InputSchema).
     load = getattr(schema, "load_fast", schema.load)
-    for line_no, raw in rows:
-        if isinstance(raw, SourceRowError):
-            yield line_no, None, raw.message
+    for line_no, text in rows:
+        try:
+            raw = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            yield line_no, None, f"Not valid JSON: {exc}."
             continue
         if not isinstance(raw, dict):
             yield line_no, None, "Each row must be a JSON object of the model's input fields."

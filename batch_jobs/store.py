@@ -1,9 +1,12 @@
 """Batch jobs in Redis.
 
     {prefix}batch:{id}              hash: the job (model, source, options, status, counts, times)
-    {prefix}batch:{id}:chunk:{n}    JSON list of [line, validated input, sha256 of its canonical JSON],
-                                    written when planned (older chunks lack the digest)
-    {prefix}batch:{id}:done         hash: chunk -> {"ok", "failed"}, written once per chunk
+    {prefix}batch:{id}:rows:{n}     JSON list of [line, the row's JSON text], written when planned
+                                    (an older Ferry wrote `chunk:{n}`: [line, validated input, digest?])
+    {prefix}batch:{id}:digests:{n}  JSON list: each row's sha256 of its canonical input, null if invalid;
+                                    written when the chunk is done
+    {prefix}batch:{id}:inputs       JSON list: a popular source's inputs as its first plan read them
+    {prefix}batch:{id}:done         hash: chunk -> {"ok", "failed", "invalid", "canceled"?}, written once per chunk
     {prefix}batch:{id}:runs         hash: chunk -> times its model run started (resume audit)
     {prefix}batch:{id}:errors       list: a sample of {"line", "error"}, capped
     {prefix}batch-jobs              sorted set of job ids by creation time
@@ -66,13 +69,15 @@ class BatchJobStore:
         self.redis.hset(self.key(job_id), mapping={k: v for k, v in fields.items() if v is not None})
 
     def set_status_unless_finished(self, job_id: str, status: str, **fields) -> bool:
-        """Move a job to `status` unless it already finished (a cancel must stick)."""
+        """Move a job to `status` unless it already finished (a cancel must stick) or does
+        not exist (an unknown id must not become a job of one field)."""
         key = self.key(job_id)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(key)
-                    if pipe.hget(key, "status") in FINISHED:
+                    current = pipe.hget(key, "status")
+                    if current is None or current in FINISHED:
                         pipe.reset()
                         return False
                     pipe.multi()
@@ -83,10 +88,16 @@ class BatchJobStore:
                     continue
 
     def write_chunk(self, job_id: str, number: int, items: list) -> None:
-        self.redis.set(self.key(job_id, "chunk", number), orjson.dumps(items), ex=self.ttl_s)
+        self.redis.set(self.key(job_id, "rows", number), orjson.dumps(items), ex=self.ttl_s)
 
     def chunk_items(self, job_id: str, number: int) -> list | None:
-        raw = self.redis.get(self.key(job_id, "chunk", number))
+        raw = self.redis.get(self.key(job_id, "rows", number))
+        if raw is None:  # a chunk an older Ferry planned; one of those never reads `rows`
+            raw = self.redis.get(self.key(job_id, "chunk", number))
+        return None if raw is None else orjson.loads(raw)
+
+    def chunk_digests(self, job_id: str, number: int) -> list | None:
+        raw = self.redis.get(self.key(job_id, "digests", number))
         return None if raw is None else orjson.loads(raw)
 
     def record_errors(self, job_id: str, errors: list[dict]) -> None:
@@ -100,7 +111,18 @@ class BatchJobStore:
         pipe.execute()
 
     def errors(self, job_id: str) -> list[dict]:
-        return [json.loads(raw) for raw in self.redis.lrange(self.key(job_id, "errors"), 0, ERROR_SAMPLE - 1)]
+        """The sample, by line (chunks finish in any order)."""
+        raw = self.redis.lrange(self.key(job_id, "errors"), 0, ERROR_SAMPLE - 1)
+        return sorted((json.loads(error) for error in raw), key=lambda error: error["line"])
+
+    def snapshot(self, job_id: str, read) -> list:
+        """`read()`, kept for the job at its first call: later calls get that same list."""
+        key = self.key(job_id, "inputs")
+        raw = self.redis.get(key)
+        if raw is None:
+            self.redis.set(key, orjson.dumps(read()), ex=self.ttl_s, nx=True)  # two planners: one wins
+            raw = self.redis.get(key)
+        return orjson.loads(raw)
 
     def count_run(self, job_id: str, number: int) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -117,27 +139,40 @@ class BatchJobStore:
     def is_chunk_done(self, job_id: str, number: int) -> bool:
         return bool(self.redis.hexists(self.key(job_id, "done"), number))
 
-    def finish_chunk(self, job_id: str, number: int, ok: int, failed: int) -> bool:
-        """Record a chunk's outcome once; True when this call recorded it."""
+    def finish_chunk(self, job_id: str, number: int, ok: int, failed: int, invalid: int, digests: list,
+                     canceled: bool = False) -> bool:
+        """Record a chunk's outcome once, with the digest of each of its rows (None for an
+        invalid one) and whether a cancel cut it short; True when this call recorded it."""
+        outcome = {"ok": ok, "failed": failed, "invalid": invalid, **({"canceled": True} if canceled else {})}
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hsetnx(self.key(job_id, "done"), number, json.dumps({"ok": ok, "failed": failed}))
+        # The same for every run of the chunk: written before `done`, so a done chunk has them.
+        pipe.set(self.key(job_id, "digests", number), orjson.dumps(digests), ex=self.ttl_s)
+        pipe.hsetnx(self.key(job_id, "done"), number, json.dumps(outcome))
         pipe.expire(self.key(job_id, "done"), self.ttl_s)
         pipe.hset(self.key(job_id), "progress_at", repr(time.time()))
-        first, *_ = pipe.execute()
-        return bool(first)
+        _, recorded, *_ = pipe.execute()
+        return bool(recorded)
 
     def progress(self, job: dict) -> dict:
+        """Counts of rows: `total` read; `invalid` so far (unreadable when planned, or refused by
+        the model's schema on a worker); `valid`, the rest; `remaining`, those not computed
+        yet (0 once the job succeeded; what a canceled job left); `done` cached; `failed` by
+        the model. Also chunks, rows a second, and ETA."""
         done = self.done_chunks(job["id"])
         ok = sum(chunk["ok"] for chunk in done.values())
         failed = sum(chunk["failed"] for chunk in done.values())
-        invalid = int(job.get("invalid", 0))
-        valid = int(job.get("valid", 0))
+        refused = sum(chunk.get("invalid", 0) for chunk in done.values())
+        unreadable = int(job.get("invalid", 0))
+        # Jobs planned by an older Ferry, which checked rows while planning, count them as `valid`.
+        planned = int(job.get("planned") or job.get("valid") or 0)
+        valid = planned - refused
         started = float(job["started_at"]) if job.get("started_at") else None
         end = float(job["finished_at"]) if job.get("finished_at") else time.time()
-        rate = (ok + failed) / (end - started) if started and end > started else None
+        rate = (ok + failed + refused) / (end - started) if started and end > started else None
         remaining = valid - ok - failed
         return {
-            "total": valid + invalid, "valid": valid, "done": ok, "failed": failed, "invalid": invalid,
+            "total": planned + unreadable, "valid": valid, "remaining": remaining, "done": ok, "failed": failed,
+            "invalid": unreadable + refused,
             "chunks_total": int(job.get("n_chunks", 0)), "chunks_done": len(done),
             "rate_per_s": round(rate, 2) if rate else None,
             "eta_s": round(remaining / rate, 1) if rate and job["status"] == RUNNING else None,

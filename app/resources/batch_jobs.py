@@ -82,7 +82,7 @@ class BatchJobById(MethodView):
         """Cancel a job: chunks not started are skipped, running ones stop at their next batch."""
         job = job_or_404(job_id)
         if job["status"] in FINISHED:
-            abort(409, message=f"The job has already {job['status']}.")
+            abort(409, message=f"The job has finished ({job['status']}); there is nothing to cancel.")
         return view(runner.cancel_job(job_id, services()))
 
 

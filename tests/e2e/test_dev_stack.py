@@ -32,6 +32,9 @@ def test_the_banner_prints_the_urls(stack):
     assert stack["api"] in banner and stack["flower"] in banner and "redis://127.0.0.1:" in banner
     assert f"Authorization: Bearer {API_KEY}" in banner
     assert f"Try it   {stack['api']}/" in banner
+    # The README's first batch step writes into this folder at once.
+    assert f"Batch    input files in {stack['data'] / 'batch-inputs'}" in banner
+    assert (stack["data"] / "batch-inputs").is_dir()
 
 
 def test_digit_image_202_then_poll_then_cache_hit(stack):
@@ -137,7 +140,6 @@ def test_batch_job_over_http_then_cache_hits(stack):
     http = stack["http"]
     texts = [f"nightly sentence {i}" for i in range(30)]
     inputs = stack["data"] / "batch-inputs"
-    inputs.mkdir(exist_ok=True)
     (inputs / "nightly.jsonl").write_text("".join(f'{{"text": "{text}"}}\n' for text in texts) + "oops\n")
     assert requests.post(f"{stack['api']}/batch-jobs", json={}, timeout=10).status_code == 401
     created = http.post(f"{stack['api']}/batch-jobs", timeout=10,

@@ -137,7 +137,8 @@ def test_resume_after_the_worker_is_killed_mid_job(tmp_path, repository_file, da
         assert all(value is not None for value in client.mget(keys))
         runs = store.runs(job["id"])
         assert all(runs[number] == 1 for number in finished_before_kill), runs
-        assert set(runs) == set(range(30)) and max(runs.values()) <= 2
+        # 301 rows in chunks of ten: the bad line is found in the last chunk, by the worker.
+        assert set(runs) == set(range(31)) and max(runs.values()) <= 2
     finally:
         for proc in procs:
             stop_group(proc)
@@ -149,14 +150,25 @@ def test_cli_precompute_then_cache_hits_with_no_worker_running(tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     try:
         texts = [f"sentence number {i}" for i in range(40)]
-        source = tmp_path / "sentences.csv"
+        (tmp_path / "batch-inputs").mkdir()
+        source = tmp_path / "batch-inputs" / "sentences.csv"
         source.write_text("text,normalize\n" + "".join(f"{text},true\n" for text in texts))
-        result = subprocess.run([str(BIN / "ferry"), "batch", "run", "minilm", str(source), "--local"],
-                                cwd=ROOT, env=ferry_env(redis_url=server.url), capture_output=True, text=True,
-                                timeout=300)
+        env = ferry_env(redis_url=server.url, data_dir=tmp_path)
+
+        def ferry(*args):
+            return subprocess.run([str(BIN / "ferry"), "batch", *args], cwd=ROOT, env=env, capture_output=True,
+                                  text=True, timeout=300)
+
+        result = ferry("run", "minilm", "sentences.csv", "--local")  # as the README writes it: in the input folder
         assert result.returncode == 0, result.stdout + result.stderr
         assert "succeeded: 40 cached, 0 failed, 0 invalid of 40 rows" in result.stdout
         assert "input" in result.stderr  # the progress bar
+        job_id = result.stdout.split()[2]
+        finished = ferry("cancel", job_id)
+        assert finished.returncode == 1 and "has finished (succeeded)" in finished.stderr
+        unknown = ferry("cancel", "f" * 32)
+        assert unknown.returncode == 2 and "No batch job" in unknown.stderr
+        assert not redis.Redis.from_url(server.url).exists(f"ferry:batch:{'f' * 32}")
 
         app = create_app({"TESTING": True, "redis_url": server.url})
         client = keyed_client(app)

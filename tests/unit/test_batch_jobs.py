@@ -1,11 +1,14 @@
 """Batch jobs on fakeredis: sources, planning, chunks, counts, cancel, resume, the API."""
+import dataclasses
 import json
 
 import pytest
 
 from models.base import encode_output
+from models.cache import input_digest
 
 from batch_jobs import runner, sources
+from batch_jobs.store import BatchJobStore
 from models.declaration import parse_repository
 from models.registry import Registry
 from tasks.context import WorkerContext
@@ -73,13 +76,15 @@ def test_one_bad_input_fails_alone(ctx, inputs_dir):
 
 
 def test_csv_cells_are_typed_from_the_declaration(ctx, inputs_dir):
-    (inputs_dir / "in.csv").write_text("x\n1.5\nabc\n\n2\n")
+    (inputs_dir / "in.csv").write_text("x\n1.5\nabc\n\n2\nnan\ninf\n")
     job = runner.create_job(ctx, model="echo", source={"type": "csv", "path": "in.csv"})
     run_inline(ctx, job["id"])
     store = runner.job_store(ctx)
     progress = store.progress(store.get(job["id"]))
-    assert (progress["done"], progress["invalid"]) == (2, 1)
-    assert store.errors(job["id"])[0]["line"] == 3
+    assert (progress["done"], progress["invalid"]) == (2, 3)
+    errors = {error["line"]: error["error"] for error in store.errors(job["id"])}
+    assert sorted(errors) == [3, 6, 7]
+    assert errors[6] == "Column 'x': 'nan' is not a finite number."
 
 
 def test_csv_booleans_are_words(ctx, inputs_dir, fake_redis):
@@ -89,7 +94,7 @@ def test_csv_booleans_are_words(ctx, inputs_dir, fake_redis):
     spec = parse({"models": [declaration("b", "Echo", inputs={"flag": {"type": "boolean"}})]})[0]
     (inputs_dir / "b.csv").write_text("flag\ntrue\nFALSE\nyes\n")
     rows = list(csv_rows(inputs_dir / "b.csv", spec))
-    assert [row for _, row in rows[:2]] == [{"flag": True}, {"flag": False}]
+    assert [json.loads(row) for _, row in rows[:2]] == [{"flag": True}, {"flag": False}]
     assert "not a boolean" in rows[2][1].message
 
 
@@ -139,7 +144,9 @@ def test_cancel_sticks_and_stops_chunks(ctx, inputs_dir):
     assert runner.cancel_job(job["id"], ctx)["status"] == "canceled"
     assert runner.run_chunk(job["id"], 1, ctx) == "skipped"
     store = runner.job_store(ctx)
-    assert store.progress(store.get(job["id"]))["done"] == 4
+    progress = store.progress(store.get(job["id"]))
+    # The rows of the chunks that never ran were never checked, and say so.
+    assert (progress["total"], progress["done"], progress["remaining"], progress["invalid"]) == (10, 4, 6, 0)
     runner.resume_job(job["id"], ctx, lambda *_: pytest.fail("a canceled job must not resume"))
     assert store.get(job["id"])["status"] == "canceled"
 
@@ -187,6 +194,35 @@ def test_popular_source_precomputes_the_top_inputs(ctx):
     job = runner.create_job(ctx, model="echo", source={"type": "popular", "top_n": 2})
     run_inline(ctx, job["id"])
     assert [row["input"] for row in runner.results(job["id"], ctx)] == [{"x": 1.0}, {"x": 2.0}]
+
+
+def test_a_plan_made_anew_after_its_planner_died_loses_no_input(ctx):
+    counter = sources.PopularityCounter("ferry:", 100, 4096, flush_every_s=3600)
+    for value in [1.0, 1.0, 1.0, 2.0, 2.0, 3.0]:
+        count(counter, ctx.redis, "echo", value)
+    job = runner.create_job(ctx, model="echo", source={"type": "popular", "top_n": 3}, chunk_size=1,
+                            batch_size=1)
+    store = runner.job_store(ctx)
+
+    def die_after_the_first_chunk(job_id, number):
+        runner.run_chunk(job_id, number, ctx)
+        raise SystemExit("the planner's worker is killed")
+
+    with pytest.raises(SystemExit):
+        runner.plan_job(job["id"], ctx, die_after_the_first_chunk)
+    assert store.get(job["id"])["status"] == "planning" and store.done_chunks(job["id"])
+    for _ in range(3):  # the ranking moves before the plan is made again: 3.0 would be first
+        count(counter, ctx.redis, "echo", 3.0)
+    pending = []
+    runner.resume_job(job["id"], ctx, lambda _job, number: pending.append(number))
+    for number in pending:
+        runner.run_chunk(job["id"], number, ctx)
+    assert store.get(job["id"])["status"] == "succeeded"
+    # The plan made again splits the inputs its first attempt read, so chunk 0 is still 1.0.
+    rows = list(runner.results(job["id"], ctx))
+    assert [(row["input"]["x"], row["output"]["echo"]) for row in rows] == [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0)]
+    assert store.runs(job["id"]) == {0: 1, 1: 1, 2: 1}  # nothing computed twice
+    assert store.progress(store.get(job["id"]))["done"] == 3
 
 
 # --- the HTTP API ---------------------------------------------------------------------
@@ -257,7 +293,8 @@ def test_results_stream_as_json_lines(admin_app, fake_redis, inputs_dir):
     response = admin_app.test_client().get(f"/batch-jobs/{job['id']}/results", headers=ADMIN)
     assert response.mimetype == "application/x-ndjson"
     lines = [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
-    assert lines[0] == {"line": 1, "input": {"text": "a", "normalize": True}, "output": {"embedding": [1]}}
+    # The input as the file gave it; the output found by its validated form's digest (defaults applied).
+    assert lines[0] == {"line": 1, "input": {"text": "a"}, "output": {"embedding": [1]}}
     assert lines[1]["line"] == 2 and "error" in lines[1]
 
 
@@ -289,17 +326,43 @@ def test_first_chunks_grow_from_one_batch_so_workers_start_early(ctx, inputs_dir
     assert all(row["output"] == {"double": 2.0 * row["input"]["x"]} for row in rows)
 
 
-def test_chunks_planned_without_digests_still_run(ctx, inputs_dir):
-    # Chunks written before digests were stored hold [line, input] only.
+@pytest.mark.parametrize("planned_by", ["older Ferry, with digests", "older Ferry, without digests"])
+def test_chunks_an_older_ferry_planned_still_run(ctx, inputs_dir, planned_by):
+    # An older planner validated rows itself and stored [line, validated input, digest?].
     write_jsonl(inputs_dir / "in.jsonl", [{"x": 1}, {"x": 2}])
     job = runner.create_job(ctx, model="picky", source={"type": "jsonl", "path": "in.jsonl"})
-    pending = []
-    runner.plan_job(job["id"], ctx, lambda _job, number: pending.append(number))
+    runner.plan_job(job["id"], ctx, lambda *_: None)
     store = runner.job_store(ctx)
-    store.write_chunk(job["id"], 0, [item[:2] for item in store.chunk_items(job["id"], 0)])
+    validated = [[1, {"x": 1.0}], [2, {"x": 2.0}]]
+    if "with digests" in planned_by:
+        validated = [[line, item, input_digest(item)] for line, item in validated]
+    store.redis.delete(store.key(job["id"], "rows", 0))
+    store.redis.set(store.key(job["id"], "chunk", 0), json.dumps(validated))
     runner.run_chunk(job["id"], 0, ctx)
     assert ctx.cache.get(ctx.cache.key("picky", "1", {"x": 2.0})) == {"double": 4.0}
     assert [row["output"] for row in runner.results(job["id"], ctx)] == [{"double": 2.0}, {"double": 4.0}]
+    assert store.progress(store.get(job["id"]))["done"] == 2
+
+
+def test_rows_are_checked_on_the_workers_and_counted_as_chunks_run(ctx, inputs_dir):
+    path = inputs_dir / "in.jsonl"
+    path.write_bytes(b'{"x": 1}\n{"x": "one"}\n{"x": "\xff"}\n\n{"x": 2}\n{"x": 3}\n')
+    job = runner.create_job(ctx, model="picky", source={"type": "jsonl", "path": "in.jsonl"}, chunk_size=2)
+    pending = []
+    runner.plan_job(job["id"], ctx, lambda _job, number: pending.append(number))
+    store = runner.job_store(ctx)
+    planned = store.progress(store.get(job["id"]))
+    # Line 3 is not UTF-8: unreadable, found while planning; line 2 is refused by the schema,
+    # found when its chunk runs.
+    assert (planned["total"], planned["valid"], planned["invalid"]) == (5, 4, 1)
+    assert [item[0] for item in store.chunk_items(job["id"], 0)] == [1, 2]
+    for number in pending:
+        runner.run_chunk(job["id"], number, ctx)
+    progress = store.progress(store.get(job["id"]))
+    assert (progress["total"], progress["valid"], progress["done"], progress["invalid"]) == (5, 3, 3, 2)
+    assert sorted(error["line"] for error in store.errors(job["id"])) == [2, 3]
+    assert "UTF-8" in next(error["error"] for error in store.errors(job["id"]) if error["line"] == 3)
+    assert [row["line"] for row in runner.results(job["id"], ctx)] == [1, 5, 6]
 
 
 def test_a_job_keeps_the_version_it_was_created_for_and_fails_clearly_once_it_is_gone(fake_redis, tmp_path,
@@ -326,3 +389,177 @@ def test_a_job_keeps_the_version_it_was_created_for_and_fails_clearly_once_it_is
     run_inline(ctx, gone["id"])
     failed = store.get(gone["id"])
     assert failed["status"] == "failed" and failed["error"] == "Model 'echo' version '1' is not served any more."
+    # Version 2 goes too. The finished job's outputs are still read (its chunks kept their
+    # digests); rows of a chunk that never ran cannot be checked any more, and say why.
+    ctx.registry = Registry(parse_repository({"models": [declaration("echo", "Echo", version="2", default=True)]}))
+    unrun = runner.create_job(ctx, model="echo", source={"type": "jsonl", "path": "in.jsonl"})
+    runner.plan_job(unrun["id"], ctx, lambda *_: None)
+    ctx.registry = Registry(parse_repository({"models": [declaration("echo", "Echo", version="1")]}))
+    assert [row["output"]["echo"] for row in runner.results(job["id"], ctx)] == [1.0, 2.0]
+    reason = "Model 'echo' version '2' is not served any more."
+    assert list(runner.results(unrun["id"], ctx)) == [{"line": 1, "input": {"x": 1}, "error": reason},
+                                                      {"line": 2, "input": {"x": 2}, "error": reason}]
+
+
+def test_the_collector_is_paused_while_a_chunk_runs_and_restored_after(ctx, inputs_dir, monkeypatch):
+    import gc
+
+    write_jsonl(inputs_dir / "in.jsonl", [{"x": 1}, {"x": 2}])
+    job = runner.create_job(ctx, model="picky", source={"type": "jsonl", "path": "in.jsonl"})
+    seen = []
+    predict = ctx.pool.predict
+    monkeypatch.setattr(ctx.pool, "predict", lambda *args, **kw: seen.append(gc.isenabled()) or predict(*args, **kw))
+    assert gc.isenabled()
+    run_inline(ctx, job["id"])
+    assert seen == [False] and gc.isenabled()
+    gc.disable()  # a caller that had paused it keeps it paused
+    try:
+        with runner.paused_gc():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(KeyError), runner.paused_gc():
+        {}["missing"]
+    assert gc.isenabled()
+
+
+def test_counts_stay_whole_while_chunks_run_during_planning(ctx, inputs_dir):
+    # Chunks run as soon as they are dispatched, while the planner still reads: refused rows
+    # are counted against rows already planned, never below zero.
+    write_jsonl(inputs_dir / "in.jsonl", [{"x": "bad"}] * 8 + [{"x": i} for i in range(8)])
+    job = runner.create_job(ctx, model="picky", source={"type": "jsonl", "path": "in.jsonl"}, chunk_size=4,
+                            batch_size=4)
+    store = runner.job_store(ctx)
+    seen = []
+
+    def run_now(job_id, number):
+        runner.run_chunk(job_id, number, ctx)
+        seen.append(store.progress(store.get(job_id)))
+
+    runner.plan_job(job["id"], ctx, run_now)
+    assert [(p["total"], p["valid"], p["invalid"], p["done"]) for p in seen] == \
+        [(4, 0, 4, 0), (8, 0, 8, 0), (12, 4, 8, 4), (16, 8, 8, 8)]
+    assert store.get(job["id"])["status"] == "succeeded"
+
+
+def test_a_chunk_run_twice_lists_its_errors_once(ctx, inputs_dir, monkeypatch):
+    write_jsonl(inputs_dir / "in.jsonl", [{"x": 1}, {"x": "bad"}, {"x": -1}, {"x": 2}])
+    job = runner.create_job(ctx, model="picky", source={"type": "jsonl", "path": "in.jsonl"}, chunk_size=3)
+    runner.plan_job(job["id"], ctx, lambda *_: None)
+    store = runner.job_store(ctx)
+    assert runner.run_chunk(job["id"], 0, ctx) == "done"
+    # A second run that had started before the first recorded the chunk (a redelivery).
+    monkeypatch.setattr(BatchJobStore, "is_chunk_done", lambda *_: False)
+    assert runner.run_chunk(job["id"], 0, ctx) == "done"
+    assert [error["line"] for error in store.errors(job["id"])] == [2, 3]
+    assert store.progress(store.get(job["id"]))["invalid"] == 1
+
+
+def test_a_byte_order_mark_bad_bytes_and_records_over_several_lines_are_read_as_rows(fake_redis, tmp_path,
+                                                                                      inputs_dir):
+    inputs = {"x": {"type": "number", "required": True}, "note": {"type": "string"}}
+    ctx = WorkerContext.build(Settings(redis_url="redis://unused:1/0", data_dir=str(tmp_path)), fake_redis,
+                              Registry(parse_repository({"models": [declaration("notes", "Echo", inputs=inputs)]})))
+    (inputs_dir / "in.jsonl").write_bytes(b'\xef\xbb\xbf{"x": 1}\r\n  {"x": 2, "note": "\xff"}\n{"x": 3}\n')
+    (inputs_dir / "in.csv").write_bytes(b'\xef\xbb\xbfx,note\n1,"two\nlines"\n2,\xff\n3,ok\n')
+    store = runner.job_store(ctx)
+    jobs = []
+    for name, refused_line in (("in.jsonl", 2), ("in.csv", 4)):
+        job = runner.create_job(ctx, model="notes", source={"type": name.rsplit(".")[1], "path": name})
+        jobs.append(job["id"])
+        run_inline(ctx, job["id"])
+        progress = store.progress(store.get(job["id"]))
+        assert (progress["done"], progress["invalid"]) == (2, 1), name
+        (error,) = store.errors(job["id"])
+        assert error["line"] == refused_line and "UTF-8" in error["error"], name
+    jsonl_job, csv_job = jobs
+    assert "byte 21 of the line" in store.errors(jsonl_job)[0]["error"]  # counted from the line's start
+    assert [(row["line"], row["input"]) for row in runner.results(csv_job, ctx)] == \
+        [(2, {"x": 1.0, "note": "two\nlines"}), (5, {"x": 3.0, "note": "ok"})]
+
+
+def test_csv_records_are_numbered_by_their_first_line_and_odd_records_are_bad_rows(fake_redis, tmp_path,
+                                                                                  inputs_dir):
+    inputs = {"x": {"type": "number", "required": True}, "note": {"type": "string", "max_length": 300_000},
+              "v": {"type": "array", "items": "number"}}
+    ctx = WorkerContext.build(Settings(redis_url="redis://unused:1/0", data_dir=str(tmp_path)), fake_redis,
+                              Registry(parse_repository({"models": [declaration("notes", "Echo", inputs=inputs)]})))
+    long_note = "n" * 200_000  # past csv's own limit of 128 KiB a cell
+    (inputs_dir / "in.csv").write_text(
+        f'\nx,note,v\n\n1,{long_note},\n2,ok,[1\n\n3,"two\nlines",[3]\n4,a,,extra\n5,{"n" * (17 * 2**20)},\n6,,,,\n')
+    job = runner.create_job(ctx, model="notes", source={"type": "csv", "path": "in.csv"})
+    run_inline(ctx, job["id"])
+    store = runner.job_store(ctx)
+    progress = store.progress(store.get(job["id"]))
+    assert (progress["total"], progress["done"], progress["invalid"]) == (6, 3, 3)
+    assert [row["line"] for row in runner.results(job["id"], ctx)] == [4, 7, 11]
+    errors = {error["line"]: error["error"] for error in store.errors(job["id"])}
+    assert errors[5].startswith("Column 'v': not valid JSON")  # and line 11's trailing commas are nothing
+    assert errors[9] == "The row has 4 cells; the header names 3 columns."
+    assert errors[10].startswith("Not readable as CSV: field larger than field limit")
+
+
+def test_a_chunk_cut_short_by_a_cancel_records_what_it_cached(ctx, inputs_dir, monkeypatch):
+    write_jsonl(inputs_dir / "in.jsonl", [{"x": i} for i in range(10)])
+    job = runner.create_job(ctx, model="echo", source={"type": "jsonl", "path": "in.jsonl"}, chunk_size=4,
+                            batch_size=2)
+    runner.plan_job(job["id"], ctx, lambda *_: None)
+    store = runner.job_store(ctx)
+    assert [len(store.chunk_items(job["id"], n)) for n in (0, 1, 2)] == [2, 4, 4]  # chunks grow from one batch
+    predict = ctx.pool.predict
+
+    def cancel_after_the_first_batch(*args, **kw):
+        outputs = predict(*args, **kw)
+        runner.cancel_job(job["id"], ctx)
+        return outputs
+
+    monkeypatch.setattr(ctx.pool, "predict", cancel_after_the_first_batch)
+    assert runner.run_chunk(job["id"], 0, ctx) == "done"
+    store.set(job["id"], status="running")  # the cancel is meant for the second chunk, of two batches
+    assert runner.run_chunk(job["id"], 1, ctx) == "canceled"
+    assert runner.run_chunk(job["id"], 2, ctx) == "skipped"
+    progress = store.progress(store.get(job["id"]))
+    assert (progress["done"], progress["remaining"]) == (4, 6)
+    assert [row.get("error") for row in runner.results(job["id"], ctx)] == \
+        [None] * 4 + ["No output: not computed (the job was canceled), or expired."] * 2 + \
+        ["Not computed: the job was canceled."] * 4
+
+
+def test_an_unknown_job_id_never_becomes_a_job(ctx):
+    store = runner.job_store(ctx)
+    assert runner.cancel_job("0" * 32, ctx) is None
+    assert not store.redis.exists(store.key("0" * 32))
+
+
+def test_one_job_that_cannot_resume_does_not_stop_the_watchdog(ctx, inputs_dir, monkeypatch):
+    write_jsonl(inputs_dir / "in.jsonl", [{"x": 1}])
+    first = runner.create_job(ctx, model="echo", source={"type": "jsonl", "path": "in.jsonl"})
+    second = runner.create_job(ctx, model="echo", source={"type": "jsonl", "path": "in.jsonl"})
+    monkeypatch.setattr(ctx, "settings", dataclasses.replace(ctx.settings, batch_stale_s=0))
+    resume = runner.resume_job
+
+    def broken_for_one(job_id, *args):
+        if job_id == first["id"]:
+            raise RuntimeError("unreadable")
+        return resume(job_id, *args)
+
+    monkeypatch.setattr(runner, "resume_job", broken_for_one)
+    assert runner.resume_stale_jobs(ctx, lambda *_: None) == [second["id"]]
+
+
+def test_relative_paths_outside_the_api_are_found_in_the_input_folder_then_here(inputs_dir, tmp_path, monkeypatch):
+    (inputs_dir / "a.jsonl").write_text("{}\n")
+    (tmp_path / "b.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    assert sources.resolve_path("a.jsonl", inputs_dir, confined=False) == inputs_dir / "a.jsonl"
+    assert sources.resolve_path("b.jsonl", inputs_dir, confined=False) == tmp_path / "b.jsonl"
+
+
+@pytest.mark.parametrize("header", ["x,x", "x,,note"])
+def test_a_csv_header_that_does_not_name_each_column_once_fails_the_job_with_a_reason(ctx, inputs_dir, header):
+    (inputs_dir / "in.csv").write_text(f"{header}\n1,2\n")
+    job = runner.create_job(ctx, model="echo", source={"type": "csv", "path": "in.csv"})
+    run_inline(ctx, job["id"])
+    failed = runner.job_store(ctx).get(job["id"])
+    assert failed["status"] == "failed" and "name each column once" in failed["error"]
