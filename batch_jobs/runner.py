@@ -17,6 +17,7 @@ from batch_jobs import sources
 from batch_jobs.store import ERROR_SAMPLE, CANCELED, FAILED, FINISHED, PLANNING, QUEUED, RUNNING, SUCCEEDED, BatchJobStore
 from models.cache import input_digest
 from models.registry import UnknownModel
+from tasks.predict import MAX_ATTEMPTS
 
 log = logging.getLogger(__name__)
 
@@ -186,18 +187,27 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
     if spec is None:
         return FAILED
     ctx.pool.get(spec)  # load the model before a run is counted
-    store.count_run(job_id, number)
+    runs = store.count_run(job_id, number)
     rows, errors = _checked(items, ctx.registry.input_schema(spec.name, spec.version))
     invalid = len(errors)
+    to_run = rows
+    if runs > MAX_ATTEMPTS:
+        # Each earlier run took its worker down (out of memory, a crash in native code): one
+        # more would too, and the job would never finish.
+        log.error("batch job %s chunk %s: its worker stopped %s times while running it; its rows fail",
+                  job_id, number, MAX_ATTEMPTS)
+        message = f"Not computed: the worker stopped while running this row's chunk, {MAX_ATTEMPTS} times."
+        errors += [{"line": line, "error": message} for line, _, _ in rows]
+        to_run = []
     batch_size, ttl = int(job["batch_size"]), int(job["cache_ttl_s"])
     key_prefix = ctx.cache.key_prefix(spec.name, spec.cache_version)
-    ok, failed = 0, 0
+    ok, failed = 0, len(rows) - len(to_run)
     outcome = "done"
-    for start in range(0, len(rows), batch_size):
+    for start in range(0, len(to_run), batch_size):
         if start and store.get(job_id).get("status") == CANCELED:
             outcome = CANCELED  # what is cached so far is recorded, and the rest never runs
             break
-        batch = rows[start:start + batch_size]
+        batch = to_run[start:start + batch_size]
         keys, outputs = [], []
         for (line, _, digest), (output, error) in zip(batch, ctx.pool.predict(spec, [row[1] for row in batch])):
             if error is None:

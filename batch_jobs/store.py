@@ -7,7 +7,7 @@
                                     written when the chunk is done
     {prefix}batch:{id}:inputs       JSON list: a popular source's inputs as its first plan read them
     {prefix}batch:{id}:done         hash: chunk -> {"ok", "failed", "invalid", "canceled"?}, written once per chunk
-    {prefix}batch:{id}:runs         hash: chunk -> times its model run started (resume audit)
+    {prefix}batch:{id}:runs         hash: chunk -> times its model run started (a fourth fails its rows)
     {prefix}batch:{id}:errors       list: a sample of {"line", "error"}, capped
     {prefix}batch-jobs              sorted set of job ids by creation time
 
@@ -124,11 +124,12 @@ class BatchJobStore:
             raw = self.redis.get(key)
         return orjson.loads(raw)
 
-    def count_run(self, job_id: str, number: int) -> None:
+    def count_run(self, job_id: str, number: int) -> int:
+        """Count a run of a chunk; the runs so far, this one included."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hincrby(self.key(job_id, "runs"), number, 1)
         pipe.expire(self.key(job_id, "runs"), self.ttl_s)
-        pipe.execute()
+        return pipe.execute()[0]
 
     def runs(self, job_id: str) -> dict[int, int]:
         return {int(k): int(v) for k, v in self.redis.hgetall(self.key(job_id, "runs")).items()}

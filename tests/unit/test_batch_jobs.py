@@ -456,6 +456,31 @@ def test_a_chunk_run_twice_lists_its_errors_once(ctx, inputs_dir, monkeypatch):
     assert store.progress(store.get(job["id"]))["invalid"] == 1
 
 
+def test_a_chunk_that_took_its_worker_down_three_times_fails_its_rows_and_the_job_finishes(ctx, inputs_dir):
+    from tasks.predict import MAX_ATTEMPTS
+
+    write_jsonl(inputs_dir / "in.jsonl", [{"x": 1}, {"x": "bad"}, {"x": 2}, {"x": 3}, {"x": 4}, {"x": 5}])
+    job = runner.create_job(ctx, model="picky", source={"type": "jsonl", "path": "in.jsonl"}, chunk_size=3)
+    runner.plan_job(job["id"], ctx, lambda *_: None)
+    store = runner.job_store(ctx)
+    # Runs that started and never recorded an outcome: their worker died under them.
+    for _ in range(MAX_ATTEMPTS):
+        store.count_run(job["id"], 0)
+    for _ in range(MAX_ATTEMPTS - 1):
+        store.count_run(job["id"], 1)
+    assert [runner.run_chunk(job["id"], number, ctx) for number in (0, 1)] == ["done", "done"]
+    job = store.get(job["id"])
+    assert job["status"] == "succeeded"
+    assert {k: store.progress(job)[k] for k in ("done", "failed", "invalid", "remaining")} == \
+        {"done": 3, "failed": 2, "invalid": 1, "remaining": 0}
+    message = f"Not computed: the worker stopped while running this row's chunk, {MAX_ATTEMPTS} times."
+    assert [(error["line"], error["error"] == message) for error in store.errors(job["id"])] == \
+        [(1, True), (2, False), (3, True)]
+    results = {row["line"]: row for row in runner.results(job["id"], ctx)}
+    assert results[1]["error"] == message and "output" not in results[1]
+    assert results[4]["output"] == {"double": 6}
+
+
 def test_a_byte_order_mark_bad_bytes_and_records_over_several_lines_are_read_as_rows(fake_redis, tmp_path,
                                                                                       inputs_dir):
     inputs = {"x": {"type": "number", "required": True}, "note": {"type": "string"}}
