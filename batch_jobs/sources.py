@@ -202,7 +202,7 @@ class PopularityCounter:
         self._pending: dict[str, dict[str, list]] = {}  # sorted set -> input's id -> [n, member]
         self._distinct = 0
         self._redis = None
-        self._flusher = PeriodicFlush(self.flush, flush_every_s, "popularity counts")
+        self._flusher = PeriodicFlush(self._write_waiting, flush_every_s, "popularity counts")
 
     def add(self, redis, model: str, version: str, validated_input: dict, ident: str) -> None:
         """Count one request for `validated_input` (`ident` names it: its cache key) in the
@@ -231,6 +231,9 @@ class PopularityCounter:
 
     def flush(self) -> None:
         """Write the counts gathered so far: one pipeline, one round trip."""
+        self._flusher.flush()
+
+    def _write_waiting(self) -> None:
         with self._lock:
             pending, self._pending, self._distinct = self._pending, {}, 0
             redis = self._redis

@@ -23,7 +23,7 @@ class RequestLog:
         self.max_entries = max_entries
         self._waiting: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
-        self._flusher = PeriodicFlush(self.flush, flush_s, "request log entries")
+        self._flusher = PeriodicFlush(self._write_waiting, flush_s, "request log entries")
 
     def key(self, model: str) -> str:
         return f"{self.prefix}model-log:{model}"
@@ -42,6 +42,9 @@ class RequestLog:
         self._flusher.ensure_running()
 
     def flush(self) -> None:
+        self._flusher.flush()
+
+    def _write_waiting(self) -> None:
         with self._lock:
             waiting, self._waiting = self._waiting, []
         if not waiting:
