@@ -214,12 +214,12 @@ class ModelPool:
                 if own is not None:
                     entry.memory_bytes = own
             self._shrink()
-            entries = list(self._models.values())
-        if entries and self.redis is not None:
-            pipe = self.redis.pipeline(transaction=False)
-            for entry in entries:
-                self._report(entry, pipe)
-            pipe.execute()
+            # Written under the lock: a model evicted meanwhile would be reported loaded again.
+            if self._models and self.redis is not None:
+                pipe = self.redis.pipeline(transaction=False)
+                for entry in self._models.values():
+                    self._report(entry, pipe)
+                pipe.execute()
 
     def _report_forever(self) -> None:
         while True:

@@ -134,9 +134,9 @@ def pool_repository(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pool_worker(redis_url, real_redis, tmp_path_factory, pool_repository, data_dir):
     """The only worker on the `pool-test` queue: it keeps one model loaded, lets it go after
-    3 idle seconds, and reports every second."""
+    6 idle seconds, and reports every second."""
     proc = run_worker(redis_url, real_redis, tmp_path_factory.mktemp("pool-worker"), "pool-test",
-                      model_repository=pool_repository, data_dir=data_dir, pool_max_models=1, pool_idle_s=3,
+                      model_repository=pool_repository, data_dir=data_dir, pool_max_models=1, pool_idle_s=6,
                       heartbeat_s=1)
     yield proc
     stop_group(proc)
@@ -159,4 +159,4 @@ def test_models_route_to_their_queue_and_the_pool_evicts_by_count_and_idle_time(
     assert pool_client.get("/models/weighty-a").json["loaded"] == [], "past one model, the least recent one goes"
     assert [entry["pid"] for entry in pool_client.get("/models/weighty-b").json["loaded"]] == [b["output"]["pid"]]
     wait_for(lambda: pool_client.get("/models/weighty-b").json["loaded"] == [], 20, "idle model unloaded")
-    assert "unloaded model weighty-b:1 (idle for 3 s)" in pool_worker.log_path.read_text()
+    assert "unloaded model weighty-b:1 (idle for 6 s)" in pool_worker.log_path.read_text()
