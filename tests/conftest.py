@@ -11,8 +11,18 @@ import fakeredis
 import pytest
 
 from app import create_app
+from tasks import logs
 from tasks.senders import RecordingSender
 from tests.auth import TEST_RATE_LIMIT, keyed_client
+
+
+@pytest.fixture(autouse=True)
+def _log_ids_cleared():
+    """A test that runs a prediction itself, without Celery's signals around it, leaves its ids
+    in the log context; the next test starts without them."""
+    yield
+    logs.request_id.set("")
+    logs.prediction_id.set("")
 
 
 @pytest.fixture

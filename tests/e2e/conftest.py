@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import requests
 
-from tests.processes import BIN, ROOT, ferry_env, free_port, stop_group, wait_for
+from tests.processes import BIN, ROOT, ferry_env, free_ports, stop_group, wait_for
 
 # `ferry dev` takes FERRY_ADMIN_KEY as its bootstrap key (both scopes) when it is set.
 API_KEY = "e2e-bootstrap-api-key"
@@ -15,7 +15,7 @@ API_KEY = "e2e-bootstrap-api-key"
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("ferry-data")
-    api_port, flower_port, redis_port, model_port = free_port(), free_port(), free_port(), free_port()
+    api_port, flower_port, redis_port, model_port = free_ports(4)
     env = ferry_env(api_port=api_port, flower_port=flower_port, embedded_redis_port=redis_port,
                     data_dir=data_dir, flower_password="e2e-secret", admin_key=API_KEY, worker_concurrency=1,
                     api_workers=1, log_format="json", http_model_hosts=f"127.0.0.1:{model_port}")

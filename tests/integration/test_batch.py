@@ -98,10 +98,11 @@ def test_cancel_stops_a_running_job(live_client, batch_worker, data_dir):
     assert canceled.status_code == 202 and canceled.json["status"] == "canceled"
     time.sleep(1.5)  # long enough for a running chunk to reach its next batch and stop
     first = live_client.get(f"/batch-jobs/{job_id}", headers=ADMIN).json["progress"]["done"]
-    time.sleep(1.0)
+    time.sleep(2.0)  # a job still running would compute 100 rows meanwhile
     later = live_client.get(f"/batch-jobs/{job_id}", headers=ADMIN).json
     assert later["status"] == "canceled"
-    assert later["progress"]["done"] == first < 1000
+    # At most the chunk that was running when the cancel came, if its worker was slow to see it.
+    assert first <= later["progress"]["done"] <= first + 20 and later["progress"]["done"] < 1000
 
 
 def test_resume_after_the_worker_is_killed_mid_job(tmp_path, repository_file, data_dir):

@@ -41,12 +41,13 @@ def test_predict_returns_the_output(api, api_key):
 
 def test_wait_follows_the_event_stream(api, api_key):
     client = FerryClient(api, api_key=api_key)
-    submitted = client.submit("pi", {"rounds": 3, "points_per_round": 1000, "pause_s": 0.1, "seed": 3})
+    # Progress comes between rounds: long enough apart for the stream to connect on a busy machine.
+    submitted = client.submit("pi", {"rounds": 4, "points_per_round": 1000, "pause_s": 0.5, "seed": 3})
     assert submitted["status"] == "queued"
     kinds = [kind for kind, _ in client.events(submitted["id"])]
     assert kinds[0] == "status" and "progress" in kinds
     done = client.wait(submitted["id"], timeout_s=60)
-    assert done["status"] == "succeeded" and done["output"]["points"] == 3000
+    assert done["status"] == "succeeded" and done["output"]["points"] == 4000
 
 
 def test_wait_polls_when_the_server_refuses_streams(redis_url, worker, repository_file, data_dir, api_key):

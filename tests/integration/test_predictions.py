@@ -129,7 +129,8 @@ def test_a_running_prediction_is_canceled_where_its_model_allows_it(live_client)
     assert asked.status_code == 202 and asked.json["status"] == "running"
     assert poll(live_client, stoppable.headers["Location"], timeout_s=30)["status"] == "canceled"
 
-    unstoppable = live_client.post("/models/busy/predictions", json={"input": {"x": 1.5}})
+    # Long enough to be seen running and asked to stop on a busy machine.
+    unstoppable = live_client.post("/models/busy/predictions", json={"input": {"x": 3.0}})
     wait_running(live_client, unstoppable.headers["Location"])
     refused = live_client.delete(unstoppable.headers["Location"])
     assert refused.status_code == 409 and "cannot stop mid-run" in refused.json["message"]

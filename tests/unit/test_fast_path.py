@@ -149,10 +149,10 @@ def test_everything_else_reaches_flask_with_its_body(app, client, flask_calls):
 
 
 def test_a_submit_that_joins_one_in_flight_goes_to_flask_counted_once(fake_redis, sender):
-    clear_of_a_minute_edge()
     limited = create_app({"redis_url": "redis://unused:1/0", "rate_limit": "2/minute"}, redis_client=fake_redis,
                          sender=sender)
     calls, client = _count_flask(limited), keyed_client(limited)
+    clear_of_a_minute_edge()
     first = _post(client)
     joined = _post(client)
     assert (first.status_code, joined.status_code) == (202, 202) and joined.json["id"] == first.json["id"]
@@ -171,9 +171,10 @@ def test_a_body_over_the_size_limit_is_left_to_flask(app, client, flask_calls):
 
 @pytest.fixture
 def limited_app(fake_redis, sender):
+    app = create_app({"redis_url": "redis://unused:1/0", "rate_limit": "3/minute"}, redis_client=fake_redis,
+                     sender=sender)
     clear_of_a_minute_edge()
-    return create_app({"redis_url": "redis://unused:1/0", "rate_limit": "3/minute"}, redis_client=fake_redis,
-                      sender=sender)
+    return app
 
 
 def test_a_hit_beneath_flask_spends_the_budget_once_and_the_429_is_flasks(limited_app, monkeypatch):

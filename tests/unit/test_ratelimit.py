@@ -7,9 +7,10 @@ from tests.auth import clear_of_a_minute_edge, keyed_client
 
 @pytest.fixture
 def limited_app(fake_redis, sender):
+    app = create_app({"redis_url": "redis://unused:1/0", "rate_limit": "3/minute"}, redis_client=fake_redis,
+                     sender=sender)
     clear_of_a_minute_edge()
-    return create_app({"redis_url": "redis://unused:1/0", "rate_limit": "3/minute"}, redis_client=fake_redis,
-                      sender=sender)
+    return app
 
 
 def test_past_the_limit_is_429_with_retry_after(limited_app, fake_redis):
@@ -108,10 +109,10 @@ def test_processes_share_one_budget(fake_redis, sender):
     """Two API processes (two apps on one Redis) count against the same budget."""
     from app import create_app
 
-    clear_of_a_minute_edge()
     config = {"redis_url": "redis://unused:1/0", "rate_limit": "3/minute"}
     first = create_app(config, redis_client=fake_redis, sender=sender)
     second = create_app(config, redis_client=fake_redis, sender=sender)
+    clear_of_a_minute_edge()
     token, _ = first.extensions["ferry"].keys.create("shared", ["predict"])
     a = first.test_client()
     b = second.test_client()
