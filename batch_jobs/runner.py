@@ -246,7 +246,15 @@ def _finish_if_complete(store: BatchJobStore, job_id: str) -> None:
     job = store.get(job_id)
     # n_chunks is written once planning has read the whole source; until then, never done.
     if job and job.get("n_chunks") and len(store.done_chunks(job_id)) >= int(job["n_chunks"]):
-        store.set_status_unless_finished(job_id, SUCCEEDED, finished_at=repr(time.time()))
+        progress = store.progress(job)
+        if progress["total"] and not progress["done"]:
+            # Rows, and none cached: a nightly run whose inputs no longer fit the model must be seen.
+            store.set_status_unless_finished(
+                job_id, FAILED, finished_at=repr(time.time()),
+                error=f"Nothing was cached: of {progress['total']} rows, {progress['invalid']} were invalid and "
+                      f"{progress['failed']} failed in the model; the job's errors list the first of them.")
+        else:
+            store.set_status_unless_finished(job_id, SUCCEEDED, finished_at=repr(time.time()))
 
 
 def cancel_job(job_id: str, ctx) -> dict | None:

@@ -481,6 +481,22 @@ def test_a_chunk_that_took_its_worker_down_three_times_fails_its_rows_and_the_jo
     assert results[4]["output"] == {"double": 6}
 
 
+def test_a_job_that_cached_nothing_from_its_rows_fails_and_an_empty_source_succeeds(ctx, inputs_dir):
+    write_jsonl(inputs_dir / "none-fit.jsonl", [{"x": -1}, {"x": "bad"}, "not json"])
+    (inputs_dir / "empty.jsonl").write_text("\n")
+    store = runner.job_store(ctx)
+    outcomes = []
+    for name in ("none-fit.jsonl", "empty.jsonl"):
+        job = runner.create_job(ctx, model="picky", source={"type": "jsonl", "path": name})
+        run_inline(ctx, job["id"])
+        job = store.get(job["id"])
+        outcomes.append((job["status"], job.get("error")))
+    assert outcomes == [
+        ("failed", "Nothing was cached: of 3 rows, 2 were invalid and 1 failed in the model; the job's errors "
+                   "list the first of them."),
+        ("succeeded", None)]
+
+
 def test_a_byte_order_mark_bad_bytes_and_records_over_several_lines_are_read_as_rows(fake_redis, tmp_path,
                                                                                       inputs_dir):
     inputs = {"x": {"type": "number", "required": True}, "note": {"type": "string"}}
