@@ -99,10 +99,14 @@ def _cache_version(job: dict) -> str:
 
 def _rows(job: dict, spec, ctx):
     source = json.loads(job["source"])
-    if source["type"] == "jsonl":
-        return sources.jsonl_rows(sources.Path(source["path"]))
-    if source["type"] == "csv":
-        return sources.csv_rows(sources.Path(source["path"]), spec)
+    if source["type"] in ("jsonl", "csv"):
+        path = sources.Path(source["path"])
+        # A plan made again (its planner died) must split the same rows as the first.
+        stat = path.stat()
+        stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+        if job_store(ctx).first_stamp(job["id"], stamp) != stamp:
+            raise sources.SourceError("the file changed after this job began reading it; start a new job")
+        return sources.jsonl_rows(path) if source["type"] == "jsonl" else sources.csv_rows(path, spec)
     # The ranking moves: a plan made again (its planner died) must split the same inputs.
     members = job_store(ctx).snapshot(
         job["id"], lambda: sources.popular_members(ctx.redis, ctx.settings.key_prefix, spec, source["top_n"]))

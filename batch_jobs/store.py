@@ -115,6 +115,12 @@ class BatchJobStore:
         raw = self.redis.lrange(self.key(job_id, "errors"), 0, ERROR_SAMPLE - 1)
         return sorted((json.loads(error) for error in raw), key=lambda error: error["line"])
 
+    def first_stamp(self, job_id: str, stamp: str) -> str:
+        """The source file's stamp (size and modification time) as the job's first plan saw it."""
+        key = self.key(job_id)
+        self.redis.hsetnx(key, "source_stamp", stamp)
+        return self.redis.hget(key, "source_stamp")
+
     def snapshot(self, job_id: str, read) -> list:
         """`read()`, kept for the job at its first call: later calls get that same list."""
         key = self.key(job_id, "inputs")

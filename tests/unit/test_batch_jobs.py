@@ -225,6 +225,37 @@ def test_a_plan_made_anew_after_its_planner_died_loses_no_input(ctx):
     assert store.progress(store.get(job["id"]))["done"] == 3
 
 
+def test_a_file_plan_made_again_reads_the_same_file_or_fails(ctx, inputs_dir):
+    import os
+
+    path = inputs_dir / "in.jsonl"
+    store = runner.job_store(ctx)
+
+    def die_after_the_first_chunk(job_id, number):
+        raise SystemExit("the planner's worker is killed")
+
+    outcomes = []
+    for edited in (False, True):
+        write_jsonl(path, [{"x": i} for i in range(6)])
+        job = runner.create_job(ctx, model="echo", source={"type": "jsonl", "path": "in.jsonl"}, chunk_size=2,
+                                batch_size=2)
+        with pytest.raises(SystemExit):
+            runner.plan_job(job["id"], ctx, die_after_the_first_chunk)
+        if edited:  # a line inserted at the top would shift every chunk not yet written
+            write_jsonl(path, [{"x": -1}] + [{"x": i} for i in range(6)])
+            os.utime(path, ns=(1, 1))
+        pending: list[int] = []
+        runner.resume_job(job["id"], ctx, lambda _job, number, pending=pending: pending.append(number))
+        for number in pending:
+            runner.run_chunk(job["id"], number, ctx)
+        job = store.get(job["id"])
+        outcomes.append((job["status"], job.get("error"), store.progress(job)["done"]))
+    assert outcomes == [
+        ("succeeded", None, 6),
+        ("failed", "Could not read the source: the file changed after this job began reading it; start a new "
+                   "job", 0)]
+
+
 # --- the HTTP API ---------------------------------------------------------------------
 
 BOOTSTRAP = "bootstrap-admin-key-for-tests"
