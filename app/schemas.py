@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask_smorest.error_handler import ErrorSchema  # noqa: F401  (code, status, message, errors)
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
+from batch_jobs.runner import LIMITS
 from models.declaration import ModelDeclarationSchema
 
 
@@ -112,11 +113,13 @@ class BatchJobCreateSchema(Schema):
         unknown = RAISE
 
     model = fields.String(required=True)
+    version = fields.String(metadata={"description": "A version the model serves; its default when left out."})
     source = fields.Dict(required=True, metadata={"description": (
         '{"type": "jsonl"|"csv", "path": "<relative to FERRY_BATCH_INPUT_DIR>"} or {"type": "popular", "top_n": N}')})
-    chunk_size = fields.Integer(validate=validate.Range(min=1, max=100_000))
-    batch_size = fields.Integer(validate=validate.Range(min=1, max=4096))
-    cache_ttl_s = fields.Integer(validate=validate.Range(min=60, max=90 * 24 * 3600))
+    chunk_size = fields.Integer(strict=True, validate=validate.Range(*LIMITS["chunk_size"]))
+    batch_size = fields.Integer(strict=True, validate=validate.Range(*LIMITS["batch_size"]), metadata={
+        "description": "Inputs per forward pass; for http and subprocess models, at most their max_batch_size."})
+    cache_ttl_s = fields.Integer(strict=True, validate=validate.Range(*LIMITS["cache_ttl_s"]))
 
 
 class BatchProgressSchema(Schema):

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from batch_jobs import runner
 from batch_jobs.sources import SourceError
 from batch_jobs.store import FINISHED
+from models.registry import UnknownModel, UnknownVersion
 
 
 def _context():
@@ -39,12 +40,13 @@ def batch() -> None:
 @batch.command("run")
 @click.argument("model")
 @click.argument("source")
+@click.option("--version", "version", default=None, help="A version the model serves (default: its default).")
 @click.option("--top-n", type=int, default=1000, show_default=True, help="With SOURCE `popular`.")
 @click.option("--chunk-size", type=int, default=None, help="Inputs per chunk task.")
 @click.option("--batch-size", type=int, default=None, help="Inputs per forward pass.")
 @click.option("--ttl", "cache_ttl_s", type=int, default=None, help="Cache TTL in seconds (default: 3 days).")
 @click.option("--local", is_flag=True, help="Run the chunks in this process instead of on the batch workers.")
-def run(model, source, top_n, chunk_size, batch_size, cache_ttl_s, local) -> None:
+def run(model, source, version, top_n, chunk_size, batch_size, cache_ttl_s, local) -> None:
     """Precompute MODEL's outputs for SOURCE: a .jsonl or .csv file, or `popular`."""
     ctx = _context()
     if source == "popular":
@@ -56,11 +58,13 @@ def run(model, source, top_n, chunk_size, batch_size, cache_ttl_s, local) -> Non
         # As given: a relative path is looked for in the batch input folder, then here.
         described = {"type": kind, "path": source}
     try:
-        job = runner.create_job(ctx, model=model, source=described, chunk_size=chunk_size, batch_size=batch_size,
-                                cache_ttl_s=cache_ttl_s, origin="cli", confined=False)
-    except SourceError as exc:
+        job = runner.create_job(ctx, model=model, source=described, version=version, chunk_size=chunk_size,
+                                batch_size=batch_size, cache_ttl_s=cache_ttl_s, origin="cli", confined=False)
+    except (SourceError, runner.OptionError) as exc:
         raise click.UsageError(str(exc)) from None
-    except KeyError:
+    except UnknownVersion:
+        raise click.UsageError(f"Model {model!r} serves no version {version!r}.") from None
+    except UnknownModel:
         raise click.UsageError(f"No model named {model!r}.") from None
     click.echo(f"batch job {job['id']} ({model}, {source})")
     if local:

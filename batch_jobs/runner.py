@@ -16,7 +16,7 @@ import orjson
 from batch_jobs import sources
 from batch_jobs.store import ERROR_SAMPLE, CANCELED, FAILED, FINISHED, PLANNING, QUEUED, RUNNING, SUCCEEDED, BatchJobStore
 from models.cache import input_digest
-from models.registry import UnknownModel
+from models.registry import UnknownModel, UnknownVersion
 from tasks.predict import MAX_ATTEMPTS
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def check_source(source: dict, ctx, *, confined: bool) -> dict:
         raise sources.SourceError(f"Source type must be one of {', '.join(sources.SOURCE_TYPES)}.")
     if kind == "popular":
         top_n = source.get("top_n", 1000)
-        if not isinstance(top_n, int) or not 1 <= top_n <= ctx.settings.popular_max:
+        if isinstance(top_n, bool) or not isinstance(top_n, int) or not 1 <= top_n <= ctx.settings.popular_max:
             raise sources.SourceError(f"top_n must be an integer from 1 to {ctx.settings.popular_max}.")
         return {"type": kind, "top_n": top_n}
     if not isinstance(source.get("path"), str):
@@ -58,17 +58,62 @@ def check_source(source: dict, ctx, *, confined: bool) -> dict:
     return {"type": kind, "path": str(path)}
 
 
-def create_job(ctx, *, model: str, source: dict, chunk_size: int | None = None, batch_size: int | None = None,
-               cache_ttl_s: int | None = None, origin: str = "api", confined: bool = True) -> dict:
-    spec = ctx.registry.get(model)
+# The bounds of a job's options, for the API's schema and the command line alike.
+LIMITS = {"chunk_size": (1, 100_000), "batch_size": (1, 4096), "cache_ttl_s": (60, 90 * 24 * 3600)}
+
+
+class OptionError(ValueError):
+    """An option of a job outside what it may be; `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def check_options(spec, **options: int | None) -> None:
+    """Each option given within LIMITS. A model on the other side of HTTP or a pipe gets
+    batches no larger than its declared max_batch_size, which its server or program may
+    insist on; a model in the worker's own process takes larger ones, which precompute
+    faster, while max_batch_size bounds only the latency of real-time batches."""
+    for field, value in options.items():
+        low, high = LIMITS[field]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+            raise OptionError(field, f"Must be an integer from {low} to {high}.")
+    if spec.kind != "torch" and (options.get("batch_size") or 0) > spec.max_batch_size:
+        raise OptionError("batch_size", f"Model {spec.name!r} ({spec.kind}) takes batches of at most "
+                                        f"{spec.max_batch_size} (its max_batch_size).")
+
+
+def create_job(ctx, *, model: str, source: dict, version: str | None = None, chunk_size: int | None = None,
+               batch_size: int | None = None, cache_ttl_s: int | None = None, origin: str = "api",
+               confined: bool = True) -> dict:
+    spec = ctx.registry.get(model, version)
+    check_options(spec, chunk_size=chunk_size, batch_size=batch_size, cache_ttl_s=cache_ttl_s)
     return job_store(ctx).create(
         model=spec.name, version=spec.version, revision=spec.revision,
         source=check_source(source, ctx, confined=confined),
         chunk_size=chunk_size or ctx.settings.batch_chunk_size,
-        batch_size=batch_size or max(spec.max_batch_size, 32),
+        batch_size=batch_size or (max(spec.max_batch_size, 32) if spec.kind == "torch" else spec.max_batch_size),
         cache_ttl_s=ctx.settings.batch_cache_ttl_s if cache_ttl_s is None else cache_ttl_s,
         origin=origin,
     )
+
+
+def record_refused(ctx, exc: Exception, *, origin: str, model, source, version=None, **options) -> dict:
+    """A job that `create_job` refused, recorded as failed with the reason: a scheduled run
+    that cannot start leaves a trace where operators look for it, not only in a log."""
+    if isinstance(exc, UnknownVersion):
+        error = f"Model {model!r} serves no version {version!r}."
+    elif isinstance(exc, UnknownModel):
+        error = f"No model named {model!r}."
+    else:
+        error = str(exc)
+    given = {key: options.get(key) if type(options.get(key)) is int else 0 for key in LIMITS}
+    store = job_store(ctx)
+    job = store.create(model=str(model), version=str(version or ""), origin=origin,
+                       source=source if isinstance(source, dict) else {"given": str(source)}, **given)
+    store.set_status_unless_finished(job["id"], FAILED, error=error, finished_at=repr(time.time()))
+    return store.get(job["id"])
 
 
 def _served_spec(ctx, job: dict):

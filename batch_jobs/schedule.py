@@ -9,7 +9,7 @@ from celery.schedules import crontab
 from tasks.celery_app import BATCH_NIGHTLY_TASK, BATCH_QUEUE, BATCH_WATCHDOG_TASK, SWEEP_TASK
 from tasks.devices import SWEEP_QUEUE
 
-JOB_OPTIONS = ("model", "source", "chunk_size", "batch_size", "cache_ttl_s")
+JOB_OPTIONS = ("model", "version", "source", "chunk_size", "batch_size", "cache_ttl_s")
 
 
 def load_nightly(settings) -> dict[str, dict]:

@@ -37,6 +37,8 @@ class SourceError(ValueError):
 
 def resolve_path(path: str, base: Path, *, confined: bool) -> Path:
     """A source file's path; `confined` (jobs from the API) keeps it inside `base`."""
+    if "\0" in path:
+        raise SourceError("The path holds a NUL character.")
     candidate = Path(path)
     if confined:
         if candidate.is_absolute():

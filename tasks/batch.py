@@ -1,13 +1,19 @@
 """Batch tasks: thin wrappers around `batch_jobs.runner`, on the batch queue."""
 from __future__ import annotations
 
+import logging
+
 from celery import current_app, shared_task
 
 from batch_jobs import runner
+from batch_jobs.sources import SourceError
 from batch_jobs.schedule import nightly_job
 from tasks.celery_app import BATCH_CHUNK_TASK, BATCH_NIGHTLY_TASK, BATCH_PLAN_TASK, BATCH_WATCHDOG_TASK
 from tasks.context import current
+from models.registry import UnknownModel
 from tasks.senders import CelerySender
+
+log = logging.getLogger(__name__)
 
 
 def _sender() -> CelerySender:
@@ -27,7 +33,13 @@ def chunk(job_id: str, number: int) -> str:
 @shared_task(name=BATCH_NIGHTLY_TASK, ignore_result=True)
 def nightly(name: str) -> str:
     ctx = current()
-    job = runner.create_job(ctx, origin=f"nightly:{name}", confined=False, **nightly_job(ctx.settings, name))
+    options, origin = nightly_job(ctx.settings, name), f"nightly:{name}"
+    try:
+        job = runner.create_job(ctx, origin=origin, confined=False, **options)
+    except (SourceError, UnknownModel, runner.OptionError) as exc:
+        job = runner.record_refused(ctx, exc, origin=origin, **options)
+        log.error("nightly batch job %s could not start: %s", name, job["error"])
+        return job["id"]
     runner.plan_job(job["id"], ctx, _sender().send_chunk)
     return job["id"]
 

@@ -15,7 +15,7 @@ from app.services import services
 from batch_jobs import runner
 from batch_jobs.sources import SourceError
 from batch_jobs.store import FINISHED
-from models.registry import UnknownModel
+from models.registry import UnknownModel, UnknownVersion
 
 blp = Blueprint("batch_jobs", __name__, url_prefix="/batch-jobs",
                 description="Batch precompute into the prediction cache (admin key required).")
@@ -59,10 +59,15 @@ class BatchJobs(MethodView):
         ferry = services()
         try:
             job = runner.create_job(ferry, origin="api", confined=True, **body)
+        except UnknownVersion:
+            abort(422, message="Unknown version.", errors={"json": {"version": [
+                f"Model {body['model']!r} serves no version {body['version']!r}."]}})
         except UnknownModel:
             abort(422, message="Unknown model.", errors={"json": {"model": [f"No model named {body['model']!r}."]}})
         except SourceError as exc:
             abort(422, message="The source is not usable.", errors={"json": {"source": [str(exc)]}})
+        except runner.OptionError as exc:
+            abort(422, message="An option is out of range.", errors={"json": {exc.field: [exc.message]}})
         ferry.sender.send_plan(job["id"])
         return view(job), 202, {"Location": url_for("batch_jobs.BatchJobById", job_id=job["id"])}
 

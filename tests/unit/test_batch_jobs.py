@@ -307,12 +307,73 @@ def test_batch_job_lifecycle_over_http(admin_app, sender, inputs_dir):
     ({"model": "nope", "source": {"type": "popular"}}, "model"),
     ({"model": "digits", "source": {"type": "jsonl", "path": "../../etc/passwd"}}, "source"),
     ({"model": "digits", "source": {"type": "popular"}, "chunk_size": 0}, "chunk_size"),
+    ({"model": "digits", "source": {"type": "popular"}, "chunk_size": 1.5}, "chunk_size"),
+    ({"model": "digits", "source": {"type": "popular"}, "cache_ttl_s": 0}, "cache_ttl_s"),
+    ({"model": "digits", "source": {"type": "popular", "top_n": True}}, "source"),
+    ({"model": "digits", "source": {"type": "jsonl", "path": "a\u0000b.jsonl"}}, "source"),
+    ({"model": "digits", "version": "9", "source": {"type": "popular"}}, "version"),
+    # A program on the other side of a pipe takes what it declared, no more.
+    ({"model": "textstats", "source": {"type": "popular"}, "batch_size": 33}, "batch_size"),
     ({"model": "digits"}, "source"),
 ])
 def test_bad_batch_requests_are_422(admin_app, body, field):
     response = admin_app.test_client().post("/batch-jobs", json=body, headers=ADMIN)
     assert response.status_code == 422
-    assert field in response.json["errors"]["json"]
+    assert list(response.json["errors"]["json"]) == [field], response.json
+
+
+def test_a_job_runs_the_version_it_names_and_takes_the_batches_its_model_allows(admin_app):
+    ferry = admin_app.extensions["ferry"]
+    client = admin_app.test_client()
+    pinned = client.post("/batch-jobs", json={"model": "digits", "version": "1.0.0", "source": {"type": "popular"},
+                                              "batch_size": 4096}, headers=ADMIN)
+    assert pinned.status_code == 202 and pinned.json["version"] == "1.0.0"
+    assert pinned.json["options"]["batch_size"] == 4096  # a model in the worker's process: as large as asked
+    job = runner.create_job(ferry, model="textstats", source={"type": "popular"})
+    assert (job["batch_size"], runner.create_job(ferry, model="pi", source={"type": "popular"})["batch_size"]) == \
+        ("32", "32")
+
+
+def test_a_nightly_job_that_cannot_start_is_recorded_failed_with_its_reason(ctx, tmp_path, monkeypatch):
+    import dataclasses
+
+    from tasks import batch
+
+    path = tmp_path / "nightly.yaml"
+    path.write_text("""jobs:
+  - {name: no-file, model: echo, source: {type: jsonl, path: missing.jsonl}, crontab: "0 2 * * *"}
+  - {name: no-model, model: nope, source: {type: popular}, chunk_size: 10, crontab: "0 2 * * *"}
+  - {name: no-version, model: echo, version: "9", source: {type: popular}, crontab: "0 2 * * *"}
+  - {name: too-long, model: echo, source: {type: popular}, cache_ttl_s: 0, crontab: "0 2 * * *"}
+""")
+    monkeypatch.setattr(ctx, "settings", dataclasses.replace(ctx.settings, nightly_jobs_file=str(path)))
+    monkeypatch.setattr(batch, "current", lambda: ctx)
+    store = runner.job_store(ctx)
+    jobs = [store.get(batch.nightly.run(name)) for name in ("no-file", "no-model", "no-version", "too-long")]
+    assert [(job["status"], job["origin"], job["error"]) for job in jobs] == [
+        ("failed", "nightly:no-file", "No such file: missing.jsonl"),
+        ("failed", "nightly:no-model", "No model named 'nope'."),
+        ("failed", "nightly:no-version", "Model 'echo' serves no version '9'."),
+        ("failed", "nightly:too-long", "cache_ttl_s: Must be an integer from 60 to 7776000."),
+    ]
+    assert jobs[1]["chunk_size"] == "10" and store.list_ids()[0] == jobs[-1]["id"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--ttl", "0"], "cache_ttl_s: Must be an integer from 60 to 7776000."),
+    (["--batch-size", "-1"], "batch_size: Must be an integer from 1 to 4096."),
+    (["--version", "9"], "Model 'echo' serves no version '9'."),
+])
+def test_the_command_line_refuses_what_the_api_refuses(ctx, inputs_dir, monkeypatch, options, message):
+    from click.testing import CliRunner
+
+    from batch_jobs import cli
+
+    write_jsonl(inputs_dir / "in.jsonl", [{"x": 1}])
+    monkeypatch.setattr(cli, "_context", lambda: ctx)
+    result = CliRunner().invoke(cli.batch, ["run", "echo", "in.jsonl", "--local", *options])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert runner.job_store(ctx).list_ids() == []
 
 
 def test_results_stream_as_json_lines(admin_app, fake_redis, inputs_dir):
