@@ -214,12 +214,14 @@ class Submissions(MethodView):
                 abort(422, message=f"The input does not match model {name!r}.",
                       errors={"json": {"input": exc.messages}})
             cache_key = ferry.cache.key(spec.name, spec.cache_version, validated)
-        # Same key, same body: the model and the canonical input (defaults applied).
-        fingerprint = f"{spec.name}:{cache_key.rsplit(':', 1)[-1]}"
+        # Same key, same body: the model, the version it runs (explicit or the default) and
+        # the canonical input (defaults applied).
+        digest = cache_key.rsplit(":", 1)[-1]
+        fingerprint = f"{spec.name}:{spec.cache_version}:{digest}"
         idempotency = None if key is None else (key, fingerprint)
         prior = None if key is None else ferry.store.idempotent(owner, key)
         if prior is not None:
-            if prior[0] != fingerprint:
+            if prior[0] not in (fingerprint, f"{spec.name}:{digest}"):  # the second, as an older Ferry wrote it
                 _idempotency_mismatch(key)
             first = ferry.store.get(prior[1]) if prior[1] else None
             if first is not None:

@@ -261,3 +261,16 @@ def test_allowed_hosts_match_exactly_ipv6_included(setting, url, allowed):
         with pytest.raises(RegistrationError) as refused:
             check_url(url, allowed_hosts(setting))
         assert refused.value.status == 403
+
+
+def test_an_idempotency_key_reused_for_another_version_is_422(client):
+    def submit(version):
+        return client.post("/models/echo/predictions", json={"input": {"x": 1}, **version},
+                           headers={"Idempotency-Key": "k-3"})
+
+    first = submit({"version": "1"})
+    assert first.status_code == 202 and first.json["version"] == "1"
+    other = submit({"version": "2"})
+    assert other.status_code == 422 and "k-3" in other.json["message"]
+    assert submit({}).status_code == 422  # the default, 2, is another version too
+    assert submit({"version": "1"}).json["id"] == first.json["id"]
