@@ -65,26 +65,39 @@ class HttpModel(Model):
                                    transport=httpx.HTTPTransport(retries=_CONNECT_RETRIES),
                                    follow_redirects=False)
 
+    @property
+    def server(self) -> str:
+        # What callers read in a failed prediction's error: the URL, an internal address, is
+        # only in the worker's log.
+        return f"The server of model {self.name!r} version {self.version!r}"
+
     def predict(self, batch: list[dict]) -> list[dict]:
+        try:
+            return self._post(batch)
+        except Exception as exc:
+            log.warning("model %s version %s at %s: %s", self.name, self.version, self.url, exc)
+            raise
+
+    def _post(self, batch: list[dict]) -> list[dict]:
         try:
             # httpx's timeouts hold per read; a server that trickles bytes meets the soft limit.
             with self.client.stream("POST", self.url,
                                     json={"model": self.name, "version": self.version, "inputs": batch}) as response:
                 status, body = response.status_code, self._read(response)
         except httpx.TimeoutException:
-            raise TransientError(f"{self.url} did not answer within {self.timeout_s:g} s.") from None
+            raise TransientError(f"{self.server} did not answer within {self.timeout_s:g} s.") from None
         except httpx.TransportError as exc:
-            raise TransientError(f"{self.url} is unreachable ({type(exc).__name__}: {exc}).") from None
+            raise TransientError(f"{self.server} is unreachable ({type(exc).__name__}).") from None
         text = body[:300].decode(errors="replace")
         if status in _RETRY_LATER:
-            raise TransientError(f"{self.url} answered {status}: {text[:200]}")
+            raise TransientError(f"{self.server} answered {status}: {text[:200]}")
         if status >= 300:
-            raise RuntimeError(f"{self.url} answered {status}: {text}")
+            raise RuntimeError(f"{self.server} answered {status}: {text}")
         try:
             answer = json.loads(body)
         except ValueError:
-            raise RuntimeError(f"{self.url} answered something that is not JSON: {text[:100]!r}") from None
-        return _outputs(answer, self.url, len(batch))
+            raise RuntimeError(f"{self.server} answered something that is not JSON: {text[:100]!r}") from None
+        return _outputs(answer, self.server, len(batch))
 
     def _read(self, response: httpx.Response) -> bytes:
         declared = response.headers.get("Content-Length", "")
@@ -99,7 +112,7 @@ class HttpModel(Model):
         return b"".join(chunks)
 
     def _too_large(self, status: int) -> RuntimeError:
-        return RuntimeError(f"{self.url} answered {status} with more than {MAX_ANSWER_BYTES:,} bytes; "
+        return RuntimeError(f"{self.server} answered {status} with more than {MAX_ANSWER_BYTES:,} bytes; "
                             "answers are bounded so that one cannot fill the worker's memory.")
 
     def memory_bytes(self) -> int:

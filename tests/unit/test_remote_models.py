@@ -172,3 +172,14 @@ def test_an_answer_past_the_bound_fails_the_batch(server, monkeypatch, path):
     server["body"] = {"outputs": [{"y": "x" * 100}]}
     with pytest.raises(RuntimeError, match="answered 200 with more than 50 bytes"):
         http_model(server["url"] + path).predict([{"x": 1}])
+
+
+def test_errors_name_the_model_and_only_the_workers_log_shows_its_url(server, caplog):
+    url = server["url"] + "/moved"
+    with pytest.raises(RuntimeError) as failed:
+        http_model(url).predict([{"x": 1}])
+    assert str(failed.value).startswith("The server of model 'remote' version '2' answered 307")
+    assert server["url"] not in str(failed.value) and url in caplog.text
+    with pytest.raises(TransientError) as unreachable:
+        http_model("http://127.0.0.1:9/predict", timeout_s=1).predict([{"x": 1}])
+    assert "127.0.0.1:9" not in str(unreachable.value)
