@@ -25,6 +25,11 @@ CACHE_MISSES = Counter("ferry_cache_misses", "Submits not found in the predictio
 SUBMITTED = Counter("ferry_predictions_submitted", "Predictions queued for a worker.", ["model"])
 
 
+# Any other method a caller makes up is counted as "other": a label per made-up method would
+# let anyone, without a key, add time series to /metrics and memory to each process.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def _route() -> str:
     # The rule, never the path: ids in paths would make a time series per prediction.
     return request.url_rule.rule if request.url_rule is not None else "unmatched"
@@ -52,7 +57,8 @@ def answered(method: str, route: str, status: int, elapsed_s: float) -> None:
 def _answered(response):
     started = g.pop("metrics_started", None)
     if started is not None:
-        answered(request.method, _route(), response.status_code, time.perf_counter() - started)
+        method = request.method if request.method in _METHODS else "other"
+        answered(method, _route(), response.status_code, time.perf_counter() - started)
     return response
 
 

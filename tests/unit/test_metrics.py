@@ -48,6 +48,18 @@ def test_requests_are_counted_by_route_and_status(client):
     assert value(after, latency, **route) - value(before, latency, **route) == 2
 
 
+def test_made_up_methods_are_counted_as_other(client):
+    before = scrape(client)
+    for method in ("QWERTY1", "ZZZ123", "ABCDEFGHIJ"):
+        client.open("/health", method=method)
+    after = scrape(client)
+    assert not any(labels and dict(labels).get("method", "GET") not in
+                   ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other") for _, labels in after)
+    other = {"method": "other", "route": "unmatched", "status": "405"}
+    assert value(after, "ferry_http_requests_total", **other) - value(before, "ferry_http_requests_total",
+                                                                      **other) == 3
+
+
 def test_cache_hits_misses_and_submits_by_model(app, client):
     before = scrape(client)
     client.post("/models/digits/predictions", json={"input": {"pixels": PIXELS}})
