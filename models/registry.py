@@ -63,17 +63,23 @@ class Registry:
         if self.runtime is None or (not force and time.monotonic() - self._checked < self.refresh_s):
             return
         with self._sync_lock:
-            self._checked = time.monotonic()
-            generation = self.runtime.generation()
-            if generation == self._generation:
-                return
-            runtime_specs = self.runtime.specs(reserved={spec.name for spec in self.file_specs})
-            self._catalogue = _Catalogue(self.file_specs + runtime_specs)
-            self._generation = generation
-            # Schemas and metadata of what is no longer served go with it.
-            for cache in (self._schemas, self._metadata):
-                for key in [key for key in cache if key not in self._catalogue.by_key]:
-                    cache.pop(key, None)
+            if not force and time.monotonic() - self._checked < self.refresh_s:
+                return  # another thread synced while this one waited for the lock
+            try:
+                generation = self.runtime.generation()
+                if generation == self._generation:
+                    return
+                runtime_specs = self.runtime.specs(reserved={spec.name for spec in self.file_specs})
+                self._catalogue = _Catalogue(self.file_specs + runtime_specs)
+                self._generation = generation
+                # Schemas and metadata of what is no longer served go with it.
+                for cache in (self._schemas, self._metadata):
+                    for key in [key for key in cache if key not in self._catalogue.by_key]:
+                        cache.pop(key, None)
+            finally:
+                # From the attempt's end: a Redis that does not answer costs a request one
+                # timeout here, not one for each lookup it makes after the last timed out.
+                self._checked = time.monotonic()
 
     def _current(self) -> _Catalogue:
         try:

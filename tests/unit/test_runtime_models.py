@@ -274,3 +274,26 @@ def test_an_idempotency_key_reused_for_another_version_is_422(client):
     assert other.status_code == 422 and "k-3" in other.json["message"]
     assert submit({}).status_code == 422  # the default, 2, is another version too
     assert submit({"version": "1"}).json["id"] == first.json["id"]
+
+
+def test_a_redis_that_does_not_answer_costs_a_request_one_registry_timeout():
+    import time
+
+    import redis
+
+    from models.declaration import parse_repository
+    from models.registry import Registry
+
+    class Unanswering:
+        calls = 0
+
+        def generation(self):
+            self.calls += 1
+            time.sleep(1.2)  # the client's socket timeout
+            raise redis.TimeoutError("Timeout reading from socket")
+
+    runtime = Unanswering()
+    registry = Registry(parse_repository({"models": [declaration("echo", "Echo")]}), runtime=runtime, refresh_s=1.0)
+    for _ in range(4):  # the lookups of one submit: the model, its schema...
+        assert registry.get("echo").name == "echo" and registry.input_schema("echo") is not None
+    assert runtime.calls == 1
