@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -76,3 +77,77 @@ def test_predict_raises_when_the_prediction_failed(server):
     with pytest.raises(PredictionFailed, match="bad input") as caught:
         FerryClient(server).predict("digits", {})
     assert caught.value.prediction["status"] == "failed"
+
+
+class Quiet(BaseHTTPRequestHandler):
+    """A prediction that stays queued: one status event; then, once the client has seen it
+    (`seen`, or after 5 s), a heartbeat every 0.1 s for ten seconds. `streams` records, for
+    each stream, whether the client saw the event before anything else came, and whether it
+    read the stream to its end."""
+
+    seen = threading.Event()
+    streams: list = []
+
+    def do_GET(self):
+        if self.path.endswith("/events"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            try:
+                self.wfile.write(b'event: status\ndata: {"id": "q", "status": "queued"}\n\n')
+                self.wfile.flush()
+                prompt = self.seen.wait(5)
+                for _ in range(100):
+                    self.wfile.write(b": heartbeat\n\n")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the client hung up
+                self.streams.append((prompt, "left"))
+                return
+            self.streams.append((prompt, "read to the end"))
+            return
+        payload = json.dumps({"id": "q", "status": "queued"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def quiet():
+    Quiet.seen.clear()
+    Quiet.streams = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield FerryClient(f"http://127.0.0.1:{httpd.server_address[1]}", poll_interval_s=0.05)
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _stream_ended():
+    for _ in range(100):
+        if Quiet.streams:
+            return Quiet.streams
+        time.sleep(0.1)
+    return Quiet.streams
+
+
+def test_events_are_seen_as_they_are_sent(quiet):
+    for kind, prediction in quiet.events("q"):
+        assert (kind, prediction) == ("status", {"id": "q", "status": "queued"})
+        Quiet.seen.set()
+        break
+    # Seen before a heartbeat followed it: not held back until more bytes came.
+    assert _stream_ended() == [(True, "left")]
+
+
+def test_wait_gives_up_at_its_timeout_while_the_stream_only_sends_heartbeats(quiet):
+    Quiet.seen.set()
+    with pytest.raises(TimeoutError, match="still queued after 0.5 s"):
+        quiet.wait("q", timeout_s=0.5)
+    # The client hung up at its deadline, not after the stream's ten seconds of heartbeats.
+    assert _stream_ended() == [(True, "left")]

@@ -5,7 +5,7 @@
     ferry = FerryClient("http://127.0.0.1:8000", api_key="ferry_...")
     output = ferry.predict("digits", {"pixels": [...]})           # submit and wait: the output
     prediction = ferry.submit("pi", {"rounds": 10})                 # queued (or done, when cached)
-    done = ferry.wait(prediction["id"], timeout=60)                 # follows its events, or polls
+    done = ferry.wait(prediction["id"], timeout_s=60)               # follows its events, or polls
 
 Answers 429 and 503 are retried after their Retry-After (urllib3's Retry), so a caller
 that outruns its rate limit or meets a Redis restart slows down instead of failing.
@@ -85,6 +85,12 @@ class FerryClient:
     def events(self, prediction_id: str, read_timeout_s: float = 30.0) -> Iterator[tuple[str, dict]]:
         """(`status` or `progress`, prediction) as the server sends them, until it is done.
         Raises FerryError when the stream is refused (503: too many streams; poll instead)."""
+        for kind, data in self._stream(prediction_id, read_timeout_s):
+            if kind != "comment":
+                yield kind, data
+
+    def _stream(self, prediction_id: str, read_timeout_s: float) -> Iterator[tuple[str, dict | None]]:
+        """The events, and ("comment", None) for each comment (the server's heartbeats)."""
         url = f"{self.base_url}/predictions/{quote(prediction_id, safe='')}/events"
         # Not through the retrying adapter: a refused stream is a cue to poll, not to wait.
         with requests.get(url, headers={**self.session.headers, "Accept": "text/event-stream"}, stream=True,
@@ -93,7 +99,10 @@ class FerryClient:
                 body = response.json() if "json" in response.headers.get("Content-Type", "") else response.text
                 raise FerryError(response.status_code, body)
             kind, data = "message", []
-            for line in response.iter_lines(decode_unicode=True):
+            for line in _lines(response.raw):
+                if line.startswith(":"):
+                    yield "comment", None
+                    continue
                 if line:
                     field, _, value = line.partition(":")
                     value = value[1:] if value.startswith(" ") else value
@@ -111,8 +120,9 @@ class FerryClient:
         and polls when the stream is refused or breaks. TimeoutError after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         try:
-            for _, prediction in self.events(prediction_id, read_timeout_s=min(30.0, timeout_s)):
-                if prediction["status"] in TERMINAL:
+            # Heartbeats too: a quiet stream must not keep the caller past its deadline.
+            for kind, prediction in self._stream(prediction_id, read_timeout_s=min(30.0, timeout_s)):
+                if kind != "comment" and prediction["status"] in TERMINAL:
                     return prediction
                 if time.monotonic() > deadline:
                     break
@@ -138,3 +148,18 @@ class FerryClient:
         if prediction["status"] != "succeeded":
             raise PredictionFailed(prediction)
         return prediction["output"]
+
+
+def _lines(raw) -> Iterator[str]:
+    """The lines of a streamed body as they arrive. `iter_lines` waits for 512 bytes (or the
+    end) before it hands over a line: an event, or a heartbeat, sat unseen until more came."""
+    pending = b""
+    while True:
+        data = raw.read1(65536, decode_content=True)
+        if not data:
+            break
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode()
+    if pending:
+        yield pending.rstrip(b"\r").decode()
