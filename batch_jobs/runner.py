@@ -205,6 +205,9 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
             # cost of a task (a message, bookkeeping in Redis) is spread over many inputs.
             if len(chunk) >= min(chunk_size, batch_size << n_chunks):
                 flush()
+                if store.status(job_id) == CANCELED:  # nothing more is read, stored or sent
+                    chunk = []
+                    break
         if chunk:
             flush()
     except (OSError, sources.SourceError, UnicodeDecodeError) as exc:
@@ -253,7 +256,7 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
     ok, failed = 0, len(rows) - len(to_run)
     outcome = "done"
     for start in range(0, len(to_run), batch_size):
-        if start and store.get(job_id).get("status") == CANCELED:
+        if start and store.status(job_id) == CANCELED:
             outcome = CANCELED  # what is cached so far is recorded, and the rest never runs
             break
         batch = to_run[start:start + batch_size]

@@ -62,6 +62,9 @@ class BatchJobStore:
     def get(self, job_id: str) -> dict | None:
         return self.redis.hgetall(self.key(job_id)) or None
 
+    def status(self, job_id: str) -> str | None:
+        return self.redis.hget(self.key(job_id), "status")
+
     def list_ids(self, limit: int = 100) -> list[str]:
         return self.redis.zrevrange(self.index_key, 0, limit - 1)
 

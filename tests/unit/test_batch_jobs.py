@@ -225,6 +225,25 @@ def test_a_plan_made_anew_after_its_planner_died_loses_no_input(ctx):
     assert store.progress(store.get(job["id"]))["done"] == 3
 
 
+def test_a_cancel_stops_the_planner(ctx, inputs_dir):
+    write_jsonl(inputs_dir / "in.jsonl", [{"x": i} for i in range(1000)])
+    job = runner.create_job(ctx, model="echo", source={"type": "jsonl", "path": "in.jsonl"}, chunk_size=10,
+                            batch_size=10)
+    store = runner.job_store(ctx)
+    dispatched = []
+
+    def cancel_at_once(job_id, number):
+        dispatched.append(number)
+        runner.cancel_job(job_id, ctx)
+
+    runner.plan_job(job["id"], ctx, cancel_at_once)
+    job = store.get(job["id"])
+    assert job["status"] == "canceled" and dispatched == [0]
+    assert store.chunk_items(job["id"], 1) is None  # nothing stored past the cancel
+    progress = store.progress(job)
+    assert (progress["total"], progress["chunks_total"], progress["remaining"]) == (10, 1, 10)
+
+
 def test_a_file_plan_made_again_reads_the_same_file_or_fails(ctx, inputs_dir):
     import os
 
