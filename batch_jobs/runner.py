@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import heapq
 import json
 import logging
 import time
@@ -179,17 +180,19 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
         return store.get(job_id)
     chunk_size, batch_size = int(job["chunk_size"]), int(job["batch_size"])
     chunk: list = []
-    n_chunks, planned, unreadable, errors = 0, 0, 0, []
+    n_chunks, planned, unreadable, errors, unread = 0, 0, 0, [], []
+    store.add_unreadable(job_id, [], first=True)
 
     def flush() -> None:
-        nonlocal chunk, n_chunks, errors
+        nonlocal chunk, n_chunks, errors, unread
         store.write_chunk(job_id, n_chunks, chunk)
+        store.add_unreadable(job_id, unread)
         # The counts so far, before the chunk can run (its refused rows are counted among
         # these); progress_at tells the watchdog the planner is alive.
         store.set(job_id, planned=planned, invalid=unreadable, progress_at=repr(time.time()))
         store.record_errors(job_id, errors)
         dispatch(job_id, n_chunks)
-        chunk, n_chunks, errors = [], n_chunks + 1, []
+        chunk, n_chunks, errors, unread = [], n_chunks + 1, [], []
 
     try:
         for line, text in _rows(job, spec, ctx):
@@ -197,6 +200,10 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
                 unreadable += 1
                 if unreadable <= ERROR_SAMPLE:
                     errors.append({"line": line, "error": text.message})
+                unread.append((line, text.message))
+                if len(unread) >= chunk_size:  # a file of unreadable rows is held in memory a chunk at a time
+                    store.add_unreadable(job_id, unread)
+                    unread = []
                 continue
             planned += 1
             chunk.append([line, text])
@@ -215,6 +222,7 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
                                          finished_at=repr(time.time()))
         return store.get(job_id)
     store.record_errors(job_id, errors)
+    store.add_unreadable(job_id, unread)
     store.set(job_id, planned=planned, invalid=unreadable, n_chunks=n_chunks)
     if store.set_status_unless_finished(job_id, RUNNING):
         # Chunks may all have finished while the source was still being read.
@@ -272,7 +280,7 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
         failed += len(batch) - len(keys)
     # The digests of the valid rows, so that reading results needs no model schema.
     digests = _aligned_digests(items, rows)
-    if store.finish_chunk(job_id, number, ok, failed, invalid, digests, canceled=outcome == CANCELED):
+    if store.finish_chunk(job_id, number, ok, failed, invalid, digests, errors, canceled=outcome == CANCELED):
         # Only the run that recorded the chunk adds its errors: a chunk run twice lists them once.
         store.record_errors(job_id, errors)
         _finish_if_complete(store, job_id)
@@ -356,30 +364,43 @@ def resume_stale_jobs(ctx, dispatch) -> list[str]:
 
 
 def results(job_id: str, ctx):
-    """Yield one dict per valid input, in source order: line, the input as the source gave
-    it, and output or error."""
+    """Yield one dict per row of the source, in its order: line, the input as the source gave
+    it (null for a row that could not be read), and output or error."""
     store = job_store(ctx)
+    unreadable = ({"line": line, "input": None, "error": error} for line, error in store.unreadable(job_id))
+    return heapq.merge(_chunk_results(store, job_id, ctx), unreadable, key=lambda row: row["line"])
+
+
+def _chunk_results(store: BatchJobStore, job_id: str, ctx):
     job = store.get(job_id)
     spec = _served_spec(ctx, job)
     schema = spec and ctx.registry.input_schema(spec.name, spec.version)
-    errors = {error["line"]: error["error"] for error in store.errors(job_id)}
+    sample = None
     key_prefix = ctx.cache.key_prefix(job["model"], _cache_version(job))
     done = store.done_chunks(job_id)
     for number in range(int(job.get("n_chunks") or 0)):
         not_computed = _not_computed(job, done.get(number))
         items = store.chunk_items(job_id, number) or []
-        digests = store.chunk_digests(job_id, number) or _digests(items, schema)
-        if digests is None:  # a chunk that never ran, of a model version no longer served
-            yield from ({"line": item[0], "input": _as_given(item[1]), "error": _gone(job)} for item in items)
-            continue
-        valid = [(item, digest) for item, digest in zip(items, digests) if digest]
-        outputs = ctx.redis.mget([key_prefix + digest for _, digest in valid]) if valid else []
-        for (item, _), raw in zip(valid, outputs):
+        digests, errors = store.chunk_digests(job_id, number), store.row_errors(job_id, number)
+        if digests is None:  # not done yet: its rows checked here
+            if items and isinstance(items[0][1], str) and schema is None:  # of a version no longer served
+                yield from ({"line": item[0], "input": _as_given(item[1]), "error": _gone(job)} for item in items)
+                continue
+            rows, refused = _checked(items, schema)
+            digests, errors = _aligned_digests(items, rows), {error["line"]: error["error"] for error in refused}
+        elif errors is None:  # done by an older Ferry, which kept only the job's sample of errors
+            if sample is None:
+                sample = {error["line"]: error["error"] for error in store.errors(job_id)}
+            errors = sample
+        valid = [digest for digest in digests if digest]
+        outputs = iter(ctx.redis.mget([key_prefix + digest for digest in valid]) if valid else [])
+        for item, digest in zip(items, digests):
             row = {"line": item[0], "input": _as_given(item[1])}
+            raw = next(outputs) if digest else None
             if raw is not None:
                 row["output"] = json.loads(raw)
             else:
-                row["error"] = errors.get(item[0], not_computed)
+                row["error"] = errors.get(item[0], not_computed if digest else "Refused by the model's schema.")
             yield row
 
 
@@ -393,15 +414,6 @@ def _not_computed(job: dict, outcome: dict | None) -> str:
     return "No output (not computed yet, failed, or expired)."
 
 
-def _digests(items: list, schema) -> list | None:
-    """The digest of each item (None for a row its schema refuses) of a chunk no worker has
-    finished, or None when its rows cannot be checked."""
-    if items and isinstance(items[0][1], str) and schema is None:
-        return None
-    rows, _ = _checked(items, schema)
-    return _aligned_digests(items, rows)
-
-
 def _aligned_digests(items: list, rows: list[tuple[int, dict, str]]) -> list:
     """Each item's digest, from the valid `rows` `_checked` made of them; None for the others."""
     digest_of = {line: digest for line, _, digest in rows}
@@ -409,4 +421,10 @@ def _aligned_digests(items: list, rows: list[tuple[int, dict, str]]) -> list:
 
 
 def _as_given(value):
-    return orjson.loads(value) if isinstance(value, str) else value
+    """A row's input as the source wrote it: its JSON, or its text when that is not JSON."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value

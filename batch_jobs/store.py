@@ -5,6 +5,9 @@
                                     (an older Ferry wrote `chunk:{n}`: [line, validated input, digest?])
     {prefix}batch:{id}:digests:{n}  JSON list: each row's sha256 of its canonical input, null if invalid;
                                     written when the chunk is done
+    {prefix}batch:{id}:row-errors:{n}  JSON object: line -> why that row of the chunk has no output
+                                    (refused, or failed in the model), written with `done`
+    {prefix}batch:{id}:unreadable   list of JSON [line, why]: rows the planner could not read, in order
     {prefix}batch:{id}:inputs       JSON list: a popular source's inputs as its first plan read them
     {prefix}batch:{id}:done         hash: chunk -> {"ok", "failed", "invalid", "canceled"?}, written once per chunk
     {prefix}batch:{id}:runs         hash: chunk -> times its model run started (a fourth fails its rows)
@@ -15,6 +18,7 @@ Counts are derived from the `done` hash, so a chunk that runs twice is counted o
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -150,18 +154,47 @@ class BatchJobStore:
         return bool(self.redis.hexists(self.key(job_id, "done"), number))
 
     def finish_chunk(self, job_id: str, number: int, ok: int, failed: int, invalid: int, digests: list,
-                     canceled: bool = False) -> bool:
+                     errors: list[dict], canceled: bool = False) -> bool:
         """Record a chunk's outcome once, with the digest of each of its rows (None for an
-        invalid one) and whether a cancel cut it short; True when this call recorded it."""
+        invalid one), each error, and whether a cancel cut it short; True when this call
+        recorded it."""
         outcome = {"ok": ok, "failed": failed, "invalid": invalid, **({"canceled": True} if canceled else {})}
-        pipe = self.redis.pipeline(transaction=False)
-        # The same for every run of the chunk: written before `done`, so a done chunk has them.
+        row_errors = orjson.dumps({str(error["line"]): error["error"] for error in errors})
+        # One step: the run that records the chunk is the one whose errors are kept.
+        pipe = self.redis.pipeline(transaction=True)
         pipe.set(self.key(job_id, "digests", number), orjson.dumps(digests), ex=self.ttl_s)
+        pipe.set(self.key(job_id, "row-errors", number), row_errors, ex=self.ttl_s, nx=True)
         pipe.hsetnx(self.key(job_id, "done"), number, json.dumps(outcome))
         pipe.expire(self.key(job_id, "done"), self.ttl_s)
         pipe.hset(self.key(job_id), "progress_at", repr(time.time()))
-        _, recorded, *_ = pipe.execute()
+        _, _, recorded, *_ = pipe.execute()
         return bool(recorded)
+
+    def row_errors(self, job_id: str, number: int) -> dict[int, str] | None:
+        """Why each row of a done chunk that has no output has none; None for a chunk that
+        is not done, or was done by an older Ferry."""
+        raw = self.redis.get(self.key(job_id, "row-errors", number))
+        return None if raw is None else {int(line): error for line, error in orjson.loads(raw).items()}
+
+    def add_unreadable(self, job_id: str, rows: list[tuple[int, str]], *, first: bool = False) -> None:
+        """Append rows the planner could not read; `first` starts the list afresh (a plan made again)."""
+        key = self.key(job_id, "unreadable")
+        pipe = self.redis.pipeline(transaction=False)
+        if first:
+            pipe.delete(key)
+        if rows:
+            pipe.rpush(key, *(orjson.dumps(row) for row in rows))
+            pipe.expire(key, self.ttl_s)
+        pipe.execute()
+
+    def unreadable(self, job_id: str, page: int = 1000):
+        """The rows the planner could not read, [line, why], in order."""
+        key = self.key(job_id, "unreadable")
+        for start in itertools.count(0, page):
+            rows = self.redis.lrange(key, start, start + page - 1)
+            yield from (orjson.loads(row) for row in rows)
+            if len(rows) < page:
+                return
 
     def progress(self, job: dict) -> dict:
         """Counts of rows: `total` read; `invalid` so far (unreadable when planned, or refused by

@@ -94,10 +94,11 @@ class BatchJobById(MethodView):
 @blp.route("/<job_id>/results")
 class BatchJobResults(MethodView):
     @blp.requires(ADMIN)
-    @blp.response(200, description="JSON lines: {line, input, output} or {line, input, error}.",
-                  content_type="application/x-ndjson")
+    @blp.response(200, description=(
+        "JSON lines, one for each row of the source in its order: {line, input, output} or {line, input, error}; "
+        "input is null for a row that could not be read."), content_type="application/x-ndjson")
     def get(self, job_id: str):
-        """Stream every valid input of the job with its output, as JSON lines."""
+        """Stream every row of the job's source with its output or its error, as JSON lines."""
         job_or_404(job_id)
         lines = (json.dumps(row, separators=(",", ":")) + "\n" for row in runner.results(job_id, services()))
         return Response(stream_with_context(lines), mimetype="application/x-ndjson")

@@ -152,8 +152,9 @@ def test_batch_job_over_http_then_cache_hits(stack):
     assert job["errors"][0]["line"] == 31
     hit = http.post(f"{stack['api']}/models/minilm/predictions", json={"input": {"text": texts[3]}}, timeout=10)
     assert hit.status_code == 200 and hit.json()["cached"] is True
-    results = http.get(url + "/results", timeout=10).text.splitlines()
-    assert len(results) == 30
+    results = [json.loads(line) for line in http.get(url + "/results", timeout=10).text.splitlines()]
+    assert [row["input"] for row in results] == [{"text": text} for text in texts] + ["oops"]
+    assert all("output" in row for row in results[:30]) and results[30]["error"] == job["errors"][0]["error"]
 
 
 def test_metrics_add_up_across_api_processes_and_workers(stack):

@@ -55,7 +55,11 @@ def test_jsonl_job_with_invalid_lines(live_client, batch_worker, data_dir):
 
     lines = live_client.get(f"/batch-jobs/{job['id']}/results", headers=ADMIN).get_data(as_text=True).splitlines()
     results = [json.loads(line) for line in lines]
-    assert len(results) == 150
+    assert [row["line"] for row in results] == list(range(1, 154))
+    refused = results[10:13]
+    assert [row["input"] for row in refused] == ["{broken", {"pixels": [99] * 64}, {"text": "wrong model"}]
+    assert [row["error"] for row in refused] == [error["error"] for error in job["errors"]]
+    results = results[:10] + results[13:]
     accuracy = sum(row["output"]["label"] == y for row, y in zip(results, y_test[:150])) / 150
     assert accuracy >= 0.95
 

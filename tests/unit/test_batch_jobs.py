@@ -8,7 +8,7 @@ from models.base import encode_output
 from models.cache import input_digest
 
 from batch_jobs import runner, sources
-from batch_jobs.store import BatchJobStore
+from batch_jobs.store import ERROR_SAMPLE, BatchJobStore
 from models.declaration import parse_repository
 from models.registry import Registry
 from tasks.context import WorkerContext
@@ -223,6 +223,22 @@ def test_a_plan_made_anew_after_its_planner_died_loses_no_input(ctx):
     assert [(row["input"]["x"], row["output"]["echo"]) for row in rows] == [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0)]
     assert store.runs(job["id"]) == {0: 1, 1: 1, 2: 1}  # nothing computed twice
     assert store.progress(store.get(job["id"]))["done"] == 3
+
+
+def test_results_give_every_row_its_own_error_past_the_jobs_sample(ctx, inputs_dir):
+    rows = [{"x": "bad"}] * 120 + [{"x": -1}] * 10 + [{"x": 1}] * 10 + ["\xff not UTF-8"] * 130
+    (inputs_dir / "in.jsonl").write_bytes(b"".join(
+        (row.encode("latin-1") if isinstance(row, str) else json.dumps(row).encode()) + b"\n" for row in rows))
+    job = runner.create_job(ctx, model="picky", source={"type": "jsonl", "path": "in.jsonl"}, chunk_size=50)
+    run_inline(ctx, job["id"])
+    store = runner.job_store(ctx)
+    assert len(store.errors(job["id"])) == ERROR_SAMPLE < 260
+    results = list(runner.results(job["id"], ctx))
+    assert [row["line"] for row in results] == list(range(1, 271))
+    assert {row["error"] for row in results[:120]} == {'{"x": ["Not a valid number."]}'}
+    assert all("must not be negative" in row["error"] for row in results[120:130])
+    assert all(row["output"] == {"double": 2} for row in results[130:140])
+    assert all(row["input"] is None and "UTF-8" in row["error"] for row in results[140:])
 
 
 def test_a_cancel_stops_the_planner(ctx, inputs_dir):
@@ -473,7 +489,11 @@ def test_rows_are_checked_on_the_workers_and_counted_as_chunks_run(ctx, inputs_d
     assert (progress["total"], progress["valid"], progress["done"], progress["invalid"]) == (5, 3, 3, 2)
     assert sorted(error["line"] for error in store.errors(job["id"])) == [2, 3]
     assert "UTF-8" in next(error["error"] for error in store.errors(job["id"]) if error["line"] == 3)
-    assert [row["line"] for row in runner.results(job["id"], ctx)] == [1, 5, 6]
+    # Every row in the results: refused and unreadable ones with their reasons.
+    rows = list(runner.results(job["id"], ctx))
+    assert [(row["line"], row["input"], "output" in row) for row in rows] == [
+        (1, {"x": 1}, True), (2, {"x": "one"}, False), (3, None, False), (5, {"x": 2}, True), (6, {"x": 3}, True)]
+    assert "UTF-8" in rows[2]["error"] and rows[1]["error"] == store.errors(job["id"])[0]["error"]
 
 
 def test_a_job_keeps_the_version_it_was_created_for_and_fails_clearly_once_it_is_gone(fake_redis, tmp_path,
@@ -628,7 +648,7 @@ def test_a_byte_order_mark_bad_bytes_and_records_over_several_lines_are_read_as_
     jsonl_job, csv_job = jobs
     assert "byte 21 of the line" in store.errors(jsonl_job)[0]["error"]  # counted from the line's start
     assert [(row["line"], row["input"]) for row in runner.results(csv_job, ctx)] == \
-        [(2, {"x": 1.0, "note": "two\nlines"}), (5, {"x": 3.0, "note": "ok"})]
+        [(2, {"x": 1.0, "note": "two\nlines"}), (4, None), (5, {"x": 3.0, "note": "ok"})]
 
 
 def test_csv_records_are_numbered_by_their_first_line_and_odd_records_are_bad_rows(fake_redis, tmp_path,
@@ -645,8 +665,9 @@ def test_csv_records_are_numbered_by_their_first_line_and_odd_records_are_bad_ro
     store = runner.job_store(ctx)
     progress = store.progress(store.get(job["id"]))
     assert (progress["total"], progress["done"], progress["invalid"]) == (6, 3, 3)
-    assert [row["line"] for row in runner.results(job["id"], ctx)] == [4, 7, 11]
     errors = {error["line"]: error["error"] for error in store.errors(job["id"])}
+    assert [(row["line"], row.get("error")) for row in runner.results(job["id"], ctx)] == \
+        [(4, None), (5, errors[5]), (7, None), (9, errors[9]), (10, errors[10]), (11, None)]
     assert errors[5].startswith("Column 'v': not valid JSON")  # and line 11's trailing commas are nothing
     assert errors[9] == "The row has 4 cells; the header names 3 columns."
     assert errors[10].startswith("Not readable as CSV: field larger than field limit")
