@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 blp = Blueprint("predictions", __name__, description="Submit predictions and follow them to their result.")
 
 _SUBMIT, _PREDICTION = SubmitSchema(), PredictionSchema()
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+# A number and nothing more up to the next preference: `wait=1e9` is not one, and is ignored
+# (RFC 7240) rather than read as `wait=1`.
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\"?)(\d+(?:\.\d+)?)\1\s*(?:[,;]|$)", re.IGNORECASE)
 
 
 def prefer_wait(max_wait_s: float) -> float:
@@ -41,7 +43,7 @@ def prefer_wait(max_wait_s: float) -> float:
 def wait_asked(prefer: str, max_wait_s: float) -> float:
     """Seconds asked for by a `Prefer` header's `wait=N` (RFC 7240), capped; 0 when not asked."""
     match = _PREFER_WAIT.search(prefer)
-    return min(float(match.group(1)), max_wait_s) if match else 0.0
+    return min(float(match.group(2)), max_wait_s) if match else 0.0
 
 
 def timestamp(value: str | None) -> datetime | None:

@@ -152,6 +152,17 @@ def test_prefer_wait_answers_200_when_done_in_time(fake_redis):
     assert response.headers["Preference-Applied"] == "wait=5"
 
 
+@pytest.mark.parametrize("prefer, seconds", [
+    ("wait=5", 5.0), ("respond-async, wait=0.2", 0.2), ('wait="3"', 3.0), ("wait=4; x", 4.0), ("WAIT = 2 ", 2.0),
+    ("wait=100", 30.0),  # capped
+    ("wait=1e9", 0.0), ('wait="3', 0.0), ("wait=abc", 0.0), ("await=3", 0.0), ("", 0.0),  # not a wait: ignored
+])
+def test_prefer_wait_is_read_as_rfc_7240_writes_it(prefer, seconds):
+    from app.resources.predictions import wait_asked
+
+    assert wait_asked(prefer, 30.0) == seconds
+
+
 def test_prefer_wait_falls_back_to_202(client):
     response = client.post("/models/digits/predictions", json={"input": {"pixels": PIXELS}},
                            headers={"Prefer": "respond-async, wait=0.2"})
