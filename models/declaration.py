@@ -112,6 +112,20 @@ class _FieldDecl(Schema):
             raise ValidationError("An array field needs `items` (one of %s)." % ", ".join(ITEM_TYPES), "items")
         if data["required"] and data.get("default") is not None:
             raise ValidationError("A required field cannot have a default.", "default")
+        for low, high in (("min", "max"), ("min_length", "max_length")):
+            if data.get(low) is not None and data.get(high) is not None and data[low] > data[high]:
+                raise ValidationError(f"{low} ({data[low]:g}) is greater than {high} ({data[high]:g}): no input "
+                                      "would be accepted.", high)
+        if data.get("default") is not None:
+            # The default stands for an input left out: it must be one the field would accept.
+            from models.schemas import build_field
+
+            try:
+                build_field(_field_spec("default", dict(data))).deserialize(data["default"])
+            except ValidationError as exc:
+                messages = exc.messages if isinstance(exc.messages, list) else [str(exc.messages)]
+                raise ValidationError(f"The default is not a valid value of the field: {' '.join(messages)}",
+                                      "default") from None
 
 
 class _BatchingDecl(Schema):

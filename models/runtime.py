@@ -31,6 +31,22 @@ class RegistrationError(ValueError):
         self.status, self.field = status, field
 
 
+def check_serving(declaration: dict, queues: frozenset[str], visibility_timeout_s: float) -> None:
+    """Refuse a declaration that no worker would run as it asks: on a queue no real-time
+    worker consumes (its predictions would wait forever), or with time limits the broker's
+    visibility timeout cuts short (it would deliver them again while they still run)."""
+    (spec,) = parse_repository({"models": [declaration]}, source="the declaration")
+    if spec.queue not in queues:
+        raise RegistrationError(f"No real-time worker consumes queue {spec.queue!r}; use one of "
+                                f"{', '.join(sorted(queues))}.", field="queue")
+    longest = max(spec.hard_timeout_s, spec.retry_backoff_max_s)
+    if longest >= visibility_timeout_s:
+        raise RegistrationError(f"The hard time limit ({spec.hard_timeout_s:g} s: timeout_s + 30 unless given) and "
+                                f"the longest retry wait ({spec.retry_backoff_max_s:g} s) must stay under "
+                                f"FERRY_VISIBILITY_TIMEOUT_S ({visibility_timeout_s:g} s), after which the broker "
+                                "delivers a prediction again while it still runs.", field="timeout_s")
+
+
 def allowed_hosts(setting: str) -> frozenset[str]:
     """`FERRY_HTTP_MODEL_HOSTS`: comma-separated `host` or `host:port`, matched exactly; an
     IPv6 address is written as in a URL (`[::1]` or `[::1]:8100`, a bare `::1` also works)."""

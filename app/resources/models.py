@@ -14,8 +14,9 @@ from app.schemas import (ErrorSchema, LogQuerySchema, ModelLogSchema, ModelRegis
 from app.services import services
 from models.declaration import ModelSpec
 from models.registry import UnknownModel, UnknownVersion
-from models.runtime import RegistrationError, allowed_hosts, check_url
+from models.runtime import RegistrationError, allowed_hosts, check_serving, check_url
 from models.schemas import input_json_schema
+from tasks.devices import CPU_QUEUE, GPU_QUEUE
 from tasks.pool import loaded_key, where_loaded
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ class Models(MethodView):
             # Kept as sent (the schema has checked it), so that every process parses the same text.
             raw = request.get_json()
             check_url(declaration["url"], allowed_hosts(ferry.settings.http_model_hosts))
+            # The real-time queues, and those the operator's own models use (each has its workers).
+            queues = frozenset({CPU_QUEUE, GPU_QUEUE, *(spec.queue for spec in ferry.registry.file_specs)})
+            check_serving(raw, queues, ferry.settings.visibility_timeout_s)
             spec = ferry.runtime.register(raw, reserved={spec.name for spec in ferry.registry.file_specs})
         except RegistrationError as exc:
             abort(exc.status, message=str(exc), errors={"json": {exc.field: [str(exc)]}})

@@ -77,6 +77,13 @@ def test_an_http_model_registered_at_run_time_is_served_by_every_process_at_once
     (iris(name="echo"), 409, "repository file"),
     ({**iris(), "inputs": {}}, 422, "inputs"),
     (iris(artifacts="/etc"), 422, "artifacts"),
+    # Declarations no worker could serve as asked.
+    ({**iris(), "inputs": {"x": {"type": "number", "min": 5, "max": 1}}}, 422, "no input would be accepted"),
+    ({**iris(), "inputs": {"x": {"type": "number", "default": "abc"}}}, 422, "default is not a valid value"),
+    ({**iris(), "inputs": {"x": {"type": "number", "max": 1, "default": 2}}}, 422, "default is not a valid value"),
+    (iris(queue="nobody-consumes"), 422, "No real-time worker consumes queue 'nobody-consumes'"),
+    (iris(queue="batch"), 422, "No real-time worker consumes queue 'batch'"),
+    (iris(timeout_s=100000), 422, "FERRY_VISIBILITY_TIMEOUT_S"),
 ])
 def test_registrations_outside_what_the_operator_allows_are_refused(client, declaration_, status, words):
     response = client.post("/models", json=declaration_)
