@@ -126,9 +126,9 @@ class RedisCollector:
             depth.add_metric([queue], sum(lengths[i * per_queue:(i + 1) * per_queue]))
         yield depth
         pending = GaugeMetricFamily("ferry_pending_predictions", "Predictions queued for a model and not yet "
-                                    "taken into a batch.", labels=["model"])
+                                    "taken into a batch.", labels=["model", "version"])
         for spec, length in zip(specs, lengths[len(queues) * len(_PRIORITY_STEPS):]):
-            pending.add_metric([spec.name], length)
+            pending.add_metric([spec.name, spec.version], length)
         yield pending
         yield from _families(stored)
 

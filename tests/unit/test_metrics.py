@@ -87,8 +87,8 @@ def test_queue_depth_counts_every_priority_list(client, fake_redis):
     samples = scrape(client)
     assert value(samples, "ferry_queue_depth", queue="realtime-cpu") == 3
     assert value(samples, "ferry_queue_depth", queue="batch") == 1
-    assert value(samples, "ferry_pending_predictions", model="digits") == 1
-    assert value(samples, "ferry_pending_predictions", model="minilm") == 0
+    assert value(samples, "ferry_pending_predictions", model="digits", version="1.0.0") == 1
+    assert value(samples, "ferry_pending_predictions", model="minilm", version="1.0.0") == 0
     assert value(samples, "ferry_redis_up") == 1
 
 
