@@ -152,6 +152,8 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
     canceled = ctx.store.cancel_requested(ids) if spec.cancelable else set()
     run_ms = (float(finished) - begun) * 1000
     statuses = {}
+    # A model removed while this batch ran has had its cached outputs dropped: add none back.
+    cached = ctx.registry.serves(spec)
     pipe = ctx.redis.pipeline(transaction=False)
     for record, (encoded, error) in zip(batch, outcomes):
         tags = {"prediction_id": record["id"], "request_id": record.get("request_id") or "-"}
@@ -165,7 +167,8 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
                 record.pop("error", None)
                 record.pop("retry_at", None)
                 pipe.hdel(ctx.store.key(record["id"]), "error", "retry_at")
-            ctx.cache.set(record["cache_key"], encoded, spec.cache_ttl_s, pipe=pipe)
+            if cached:
+                ctx.cache.set(record["cache_key"], encoded, spec.cache_ttl_s, pipe=pipe)
             ctx.store.update(record["id"], records.SUCCEEDED, pipe=pipe, record=record, output=encoded,
                              finished_at=finished, batch_size=size)
             statuses[record["id"]] = records.SUCCEEDED

@@ -175,6 +175,24 @@ def test_a_worker_sees_a_registration_without_a_restart_and_fails_removed_ones_c
         "Model 'iris' version '1' is not served any more."
 
 
+def test_a_batch_that_ends_after_its_model_was_removed_caches_nothing(api, client, fake_redis, repository,
+                                                                      monkeypatch):
+    ctx = WorkerContext.build(Settings(redis_url="redis://unused:1/0", model_repository=str(repository),
+                                       http_model_hosts=HOSTS), fake_redis, sender=RecordingSender())
+    assert client.post("/models", json=iris()).status_code == 201
+    prediction = client.post("/models/iris/predictions", json={"input": {"petal_length": 3}}).json
+
+    def removed_while_running(spec, inputs, **kwargs):
+        api.extensions["ferry"].runtime.remove("iris")  # its cached outputs are dropped now
+        ctx.registry.sync(force=True)
+        return [('{"species":"setosa"}', None)] * len(inputs)
+
+    monkeypatch.setattr(ctx.pool, "predict", removed_while_running)
+    assert run_prediction(prediction["id"], ctx) == records.SUCCEEDED
+    assert client.get(f"/predictions/{prediction['id']}").json["output"] == {"species": "setosa"}
+    assert not list(fake_redis.scan_iter("ferry:cache:iris:*"))
+
+
 def test_each_model_keeps_its_recent_requests_newest_first(api, client, fake_redis, repository):
     ferry = api.extensions["ferry"]
     ferry.cache.set(ferry.cache.key("echo", "2", {"x": 7.0}), '{"echo":7}', 60)
