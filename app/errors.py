@@ -30,6 +30,9 @@ _MESSAGES = {
     415: "Send the body as JSON, with `Content-Type: application/json`.",
     422: "The request body is invalid; `errors` says where.",
 }
+# A 422's message names what was invalid: `errors` is keyed by where it was.
+_INVALID = {"json": "The request body", "query": "The query string", "headers": "A request header",
+            "path": "The path", "view_args": "The path"}
 
 
 class FerryApi(Api):
@@ -39,7 +42,10 @@ class FerryApi(Api):
         data = getattr(error, "data", None) or {}
         errors = data.get("errors", data.get("messages"))
         message = data.get("message")
-        if message is None and error.code in _MESSAGES and (errors or error.code == 413):
+        if message is None and error.code == 422 and isinstance(errors, dict) and errors:
+            where = next(iter(errors))
+            message = f"{_INVALID.get(where, 'The request')} is invalid; `errors` says where."
+        elif message is None and error.code in _MESSAGES and (errors or error.code == 413):
             message = _MESSAGES[error.code].format(limit=current_app.config.get("MAX_CONTENT_LENGTH"))
         payload = error_body(error, message, errors)
         headers = dict(data.get("headers") or {})

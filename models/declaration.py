@@ -141,9 +141,12 @@ class _RetriesDecl(Schema):
 
 
 class ModelDeclarationSchema(Schema):
-    name = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9][a-z0-9_-]{0,63}$"))
+    name = fields.String(required=True, validate=validate.Regexp(
+        r"^[a-z0-9][a-z0-9_-]{0,63}$", error="Up to 64 lowercase letters, digits, '-' and '_', starting with a "
+                                             "letter or digit."))
     kind = fields.String(required=True, validate=validate.OneOf(MODEL_KINDS))
-    version = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9._-]{1,32}$"))
+    version = fields.String(required=True, validate=validate.Regexp(
+        r"^[A-Za-z0-9._-]{1,32}$", error="1 to 32 letters, digits, '.', '-' and '_'."))
     entrypoint = fields.String(load_default="", validate=validate.Regexp(r"^[\w.]+:\w+$"))
     url = fields.Url(load_default="", schemes={"http", "https"}, require_tld=False)
     command = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)

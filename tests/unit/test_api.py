@@ -310,3 +310,12 @@ def test_a_chunked_body_over_the_limit_is_413_not_400(client):
     huge = chunked(b'{"input": {"text": "' + b"x" * (3 * 1024 * 1024) + b'"}}')
     assert huge.status_code == 413 and "2097152 bytes" in huge.json["message"]
     assert chunked(b'{"input": {"text": "chunked and small"}}').status_code == 202
+
+
+def test_a_422_names_what_was_invalid(client):
+    query = client.get("/models/pi/logs?limit=abc")
+    assert query.status_code == 422 and query.json["message"] == "The query string is invalid; `errors` says where."
+    body = client.post("/models", json={"name": "Bad Name", "kind": "http", "version": "1", "url": "http://x/y",
+                                        "inputs": {"x": {"type": "number"}}})
+    assert body.status_code == 422 and body.json["message"] == "The request body is invalid; `errors` says where."
+    assert "lowercase letters" in body.json["errors"]["json"]["name"][0]
