@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import redis as redis_lib
@@ -31,14 +32,16 @@ class RegistrationError(ValueError):
         self.status, self.field = status, field
 
 
-def check_serving(declaration: dict, queues: frozenset[str], visibility_timeout_s: float) -> None:
-    """Refuse a declaration that no worker would run as it asks: on a queue no real-time
-    worker consumes (its predictions would wait forever), or with time limits the broker's
-    visibility timeout cuts short (it would deliver them again while they still run)."""
+def check_serving(declaration: dict, routable: Callable[[str], bool], visibility_timeout_s: float) -> None:
+    """Refuse a declaration that no worker would run as it asks: on a queue that is not a
+    real-time one (its predictions would wait forever, or run on the batch worker), or with
+    time limits the broker's visibility timeout cuts short (it would deliver them again while
+    they still run)."""
     (spec,) = parse_repository({"models": [declaration]}, source="the declaration")
-    if spec.queue not in queues:
-        raise RegistrationError(f"No real-time worker consumes queue {spec.queue!r}; use one of "
-                                f"{', '.join(sorted(queues))}.", field="queue")
+    if not routable(spec.queue):
+        raise RegistrationError(f"Queue {spec.queue!r} is not a real-time queue: use realtime-cpu, realtime-gpu, "
+                                "realtime-cuda-N, a queue of the repository file's models or one a running "
+                                "worker consumes.", field="queue")
     longest = max(spec.hard_timeout_s, spec.retry_backoff_max_s)
     if longest >= visibility_timeout_s:
         raise RegistrationError(f"The hard time limit ({spec.hard_timeout_s:g} s: timeout_s + 30 unless given) and "

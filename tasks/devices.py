@@ -20,6 +20,11 @@ SWEEP_QUEUE = "realtime-sweeps"
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 
+def is_device_queue(queue: str) -> bool:
+    """realtime-cpu, realtime-gpu or realtime-cuda-N."""
+    return queue in (CPU_QUEUE, GPU_QUEUE) or re.fullmatch(r"realtime-cuda-\d+", queue) is not None
+
+
 def normalise(device: str) -> str:
     """`cpu`, `auto` or `cuda:N` (`cuda` alone is `cuda:0`); anything else is refused."""
     device = device.strip().lower()

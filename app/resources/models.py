@@ -16,7 +16,9 @@ from models.declaration import ModelSpec
 from models.registry import UnknownModel, UnknownVersion
 from models.runtime import RegistrationError, allowed_hosts, check_serving, check_url
 from models.schemas import input_json_schema
-from tasks.devices import CPU_QUEUE, GPU_QUEUE
+from tasks.celery_app import BATCH_QUEUE
+from tasks.devices import SWEEP_QUEUE, is_device_queue
+from tasks.heartbeat import live_queues
 from tasks.pool import loaded_key, where_loaded
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,14 @@ def spec_or_404(name: str, version: str | None = None) -> ModelSpec:
         abort(404, message=f"No model named {name!r}. GET /models lists the models served.")
 
 
+def _routable(ferry):
+    """Whether a queue is a real-time one: a device's, a repository model's, or one that a
+    running worker consumes; never the batch queue nor the sweeper's."""
+    known = {*(spec.queue for spec in ferry.registry.file_specs),
+             *live_queues(ferry.redis, ferry.settings.key_prefix, 2 * ferry.settings.heartbeat_s)}
+    return lambda queue: queue not in (BATCH_QUEUE, SWEEP_QUEUE) and (is_device_queue(queue) or queue in known)
+
+
 def _loaded(name: str) -> list[dict]:
     ferry = services()
     # Three missed reports: that process is gone.
@@ -90,9 +100,7 @@ class Models(MethodView):
             # Kept as sent (the schema has checked it), so that every process parses the same text.
             raw = request.get_json()
             check_url(declaration["url"], allowed_hosts(ferry.settings.http_model_hosts))
-            # The real-time queues, and those the operator's own models use (each has its workers).
-            queues = frozenset({CPU_QUEUE, GPU_QUEUE, *(spec.queue for spec in ferry.registry.file_specs)})
-            check_serving(raw, queues, ferry.settings.visibility_timeout_s)
+            check_serving(raw, _routable(ferry), ferry.settings.visibility_timeout_s)
             spec = ferry.runtime.register(raw, reserved={spec.name for spec in ferry.registry.file_specs})
         except RegistrationError as exc:
             abort(exc.status, message=str(exc), errors={"json": {exc.field: [str(exc)]}})

@@ -109,8 +109,8 @@ def test_an_unreachable_http_model_is_retried_then_fails_clearly(admin_client, i
 
 
 def test_removing_a_model_fails_the_predictions_still_queued_for_it(admin_client, iris_server):
-    # Routed to a queue no worker consumes: they stay queued until the model goes.
-    declaration = iris_declaration("1", f"{iris_server[0]}/v1/predict", queue="nobody-listens")
+    # Routed to a GPU this machine lacks, so no worker consumes it: they stay queued until the model goes.
+    declaration = iris_declaration("1", f"{iris_server[0]}/v1/predict", queue="realtime-cuda-7")
     assert admin_client.post("/models", json=declaration).status_code == 201
     queued = [admin_client.post("/models/iris/predictions", json={"input": {**SETOSA, "petal_width": w}}).json
               for w in (0.1, 0.2, 0.3)]

@@ -81,8 +81,9 @@ def test_an_http_model_registered_at_run_time_is_served_by_every_process_at_once
     ({**iris(), "inputs": {"x": {"type": "number", "min": 5, "max": 1}}}, 422, "no input would be accepted"),
     ({**iris(), "inputs": {"x": {"type": "number", "default": "abc"}}}, 422, "default is not a valid value"),
     ({**iris(), "inputs": {"x": {"type": "number", "max": 1, "default": 2}}}, 422, "default is not a valid value"),
-    (iris(queue="nobody-consumes"), 422, "No real-time worker consumes queue 'nobody-consumes'"),
-    (iris(queue="batch"), 422, "No real-time worker consumes queue 'batch'"),
+    (iris(queue="nobody-consumes"), 422, "Queue 'nobody-consumes' is not a real-time queue"),
+    (iris(queue="batch"), 422, "Queue 'batch' is not a real-time queue"),
+    (iris(queue="realtime-sweeps"), 422, "Queue 'realtime-sweeps' is not a real-time queue"),
     (iris(timeout_s=100000), 422, "FERRY_VISIBILITY_TIMEOUT_S"),
 ])
 def test_registrations_outside_what_the_operator_allows_are_refused(client, declaration_, status, words):
@@ -322,3 +323,13 @@ def test_a_redis_that_does_not_answer_costs_a_request_one_registry_timeout():
     for _ in range(4):  # the lookups of one submit: the model, its schema...
         assert registry.get("echo").name == "echo" and registry.input_schema("echo") is not None
     assert runtime.calls == 1
+
+
+def test_a_runtime_model_may_use_a_device_queue_or_one_a_running_worker_consumes(client, fake_redis):
+    import json
+    import time
+
+    assert client.post("/models", json=iris(queue="realtime-cuda-1")).status_code == 201
+    assert client.post("/models", json=iris(version="2", queue="pinned")).status_code == 422
+    fake_redis.hset("ferry:workers", "w@host", json.dumps({"queues": ["pinned", "batch"], "last_seen": time.time()}))
+    assert client.post("/models", json=iris(version="2", queue="pinned")).status_code == 201
