@@ -45,6 +45,8 @@ def job_store(ctx) -> BatchJobStore:
 
 def check_source(source: dict, ctx, *, confined: bool) -> dict:
     """Validate a source description early, so a bad one is refused when the job is created."""
+    if not isinstance(source, dict):
+        raise sources.SourceError('A source is an object such as {"type": "jsonl", "path": "inputs.jsonl"}.')
     kind = source.get("type")
     if kind not in sources.SOURCE_TYPES:
         raise sources.SourceError(f"Source type must be one of {', '.join(sources.SOURCE_TYPES)}.")
@@ -212,7 +214,7 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
             # cost of a task (a message, bookkeeping in Redis) is spread over many inputs.
             if len(chunk) >= min(chunk_size, batch_size << n_chunks):
                 flush()
-                if store.status(job_id) == CANCELED:  # nothing more is read, stored or sent
+                if store.status(job_id) in FINISHED:  # canceled, or failed: nothing more is read, stored or sent
                     chunk = []
                     break
         if chunk:
@@ -247,7 +249,10 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
     if spec is None:
         return FAILED
     ctx.pool.get(spec)  # load the model before a run is counted
-    runs = store.count_run(job_id, number)
+    alive_s = max(1, int(ctx.settings.batch_stale_s))
+    runs = store.claim_chunk(job_id, number, alive_s)
+    if runs is None:
+        return "running elsewhere"
     rows, errors = _checked(items, ctx.registry.input_schema(spec.name, spec.version))
     invalid = len(errors)
     to_run = rows
@@ -264,7 +269,7 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
     ok, failed = 0, len(rows) - len(to_run)
     outcome = "done"
     for start in range(0, len(to_run), batch_size):
-        if start and store.status(job_id) == CANCELED:
+        if start and store.heartbeat(job_id, number, alive_s) == CANCELED:
             outcome = CANCELED  # what is cached so far is recorded, and the rest never runs
             break
         batch = to_run[start:start + batch_size]
@@ -335,9 +340,10 @@ def resume_job(job_id: str, ctx, dispatch) -> dict | None:
         return plan_job(job_id, ctx, dispatch)
     done = store.done_chunks(job_id)
     store.set(job_id, progress_at=repr(time.time()))
-    for number in range(int(job["n_chunks"])):
-        if number not in done:
-            dispatch(job_id, number)
+    unfinished = [number for number in range(int(job["n_chunks"])) if number not in done]
+    store.release_chunks(job_id, unfinished)  # their runs are taken for dead
+    for number in unfinished:
+        dispatch(job_id, number)
     _finish_if_complete(store, job_id)
     return store.get(job_id)
 

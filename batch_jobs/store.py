@@ -11,6 +11,8 @@
     {prefix}batch:{id}:inputs       JSON list: a popular source's inputs as its first plan read them
     {prefix}batch:{id}:done         hash: chunk -> {"ok", "failed", "invalid", "canceled"?}, written once per chunk
     {prefix}batch:{id}:runs         hash: chunk -> times its model run started (a fourth fails its rows)
+    {prefix}batch:{id}:running:{n}  a run of the chunk is alive: set when it starts, renewed at each
+                                    batch, deleted when it is done or the job is resumed
     {prefix}batch:{id}:errors       list: a sample of {"line", "error"}, capped
     {prefix}batch-jobs              sorted set of job ids by creation time
 
@@ -137,6 +139,26 @@ class BatchJobStore:
             raw = self.redis.get(key)
         return orjson.loads(raw)
 
+    def claim_chunk(self, job_id: str, number: int, ttl_s: int) -> int | None:
+        """Start a run of a chunk that no live run holds: the runs so far, this one included;
+        None while another holds it (a redelivered message, a duplicate sent by a resume)."""
+        if not self.redis.set(self.key(job_id, "running", number), "1", nx=True, ex=ttl_s):
+            return None
+        return self.count_run(job_id, number)
+
+    def heartbeat(self, job_id: str, number: int, ttl_s: int) -> str | None:
+        """A run of the chunk is alive and the job makes progress; the job's status."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.expire(self.key(job_id, "running", number), ttl_s)
+        pipe.hset(self.key(job_id), "progress_at", repr(time.time()))
+        pipe.hget(self.key(job_id), "status")
+        return pipe.execute()[-1]
+
+    def release_chunks(self, job_id: str, numbers: list[int]) -> None:
+        """Let the chunks run again although a run may hold them (its worker is taken for dead)."""
+        if numbers:
+            self.redis.delete(*(self.key(job_id, "running", number) for number in numbers))
+
     def count_run(self, job_id: str, number: int) -> int:
         """Count a run of a chunk; the runs so far, this one included."""
         pipe = self.redis.pipeline(transaction=False)
@@ -166,6 +188,7 @@ class BatchJobStore:
         pipe.set(self.key(job_id, "row-errors", number), row_errors, ex=self.ttl_s, nx=True)
         pipe.hsetnx(self.key(job_id, "done"), number, json.dumps(outcome))
         pipe.expire(self.key(job_id, "done"), self.ttl_s)
+        pipe.delete(self.key(job_id, "running", number))
         pipe.hset(self.key(job_id), "progress_at", repr(time.time()))
         _, _, recorded, *_ = pipe.execute()
         return bool(recorded)

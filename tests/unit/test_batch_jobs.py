@@ -587,6 +587,22 @@ def test_a_chunk_run_twice_lists_its_errors_once(ctx, inputs_dir, monkeypatch):
     assert store.progress(store.get(job["id"]))["invalid"] == 1
 
 
+def test_a_chunk_a_live_run_holds_is_not_run_again_until_a_resume_takes_that_run_for_dead(ctx, inputs_dir):
+    write_jsonl(inputs_dir / "in.jsonl", [{"x": i} for i in range(3)])
+    job = runner.create_job(ctx, model="echo", source={"type": "jsonl", "path": "in.jsonl"})
+    runner.plan_job(job["id"], ctx, lambda *_: None)
+    store = runner.job_store(ctx)
+    assert store.claim_chunk(job["id"], 0, 300) == 1  # a run on another worker, still going
+    # Its message delivered again (the visibility timeout passed): nothing is run, nor counted.
+    assert runner.run_chunk(job["id"], 0, ctx) == "running elsewhere"
+    assert store.runs(job["id"]) == {0: 1} and store.get(job["id"])["status"] == "running"
+    pending: list[int] = []
+    runner.resume_job(job["id"], ctx, lambda _job, number: pending.append(number))  # that run is taken for dead
+    assert pending == [0] and runner.run_chunk(job["id"], 0, ctx) == "done"
+    assert store.runs(job["id"]) == {0: 2} and store.get(job["id"])["status"] == "succeeded"
+    assert not ctx.redis.exists(f"ferry:batch:{job['id']}:running:0")
+
+
 def test_a_chunk_that_took_its_worker_down_three_times_fails_its_rows_and_the_job_finishes(ctx, inputs_dir):
     from tasks.predict import MAX_ATTEMPTS
 
