@@ -28,7 +28,10 @@ def load_nightly(settings) -> dict[str, dict]:
 
 def nightly_job(settings, name: str) -> dict:
     entry = load_nightly(settings)[name]
-    return {key: entry[key] for key in JOB_OPTIONS if key in entry}
+    job = {key: entry[key] for key in JOB_OPTIONS if key in entry}
+    if "version" in job:  # YAML reads `version: 1` as a number
+        job["version"] = str(job["version"])
+    return job
 
 
 def beat_schedule(settings) -> dict:

@@ -219,15 +219,17 @@ class Submissions(MethodView):
         # Same key, same body: the model, the version it runs (explicit or the default) and
         # the canonical input (defaults applied).
         digest = cache_key.rsplit(":", 1)[-1]
-        fingerprint = f"{spec.name}:{spec.cache_version}:{digest}"
-        idempotency = None if key is None else (key, fingerprint)
+        fingerprint = f"{spec.name}:{spec.version}:{digest}"
         prior = None if key is None else ferry.store.idempotent(owner, key)
         if prior is not None:
-            if prior[0] not in (fingerprint, f"{spec.name}:{digest}"):  # the second, as an older Ferry wrote it
+            if prior[0] == f"{spec.name}:{digest}":  # as an older Ferry wrote it, without the version
+                fingerprint = prior[0]
+            elif prior[0] != fingerprint:
                 _idempotency_mismatch(key)
             first = ferry.store.get(prior[1]) if prior[1] else None
             if first is not None:
                 return _accepted(first, replayed=True)
+        idempotency = None if key is None else (key, fingerprint)
         if missed is None:
             raw = lookup(spec, validated, cache_key)
             if raw is not None:

@@ -7,6 +7,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 from ferry_client import FerryClient, FerryError, PredictionFailed
 
 
@@ -87,6 +88,7 @@ class Quiet(BaseHTTPRequestHandler):
 
     seen = threading.Event()
     streams: list = []
+    silent = False
 
     def do_GET(self):
         if self.path.endswith("/events"):
@@ -97,7 +99,9 @@ class Quiet(BaseHTTPRequestHandler):
                 self.wfile.write(b'event: status\ndata: {"id": "q", "status": "queued"}\n\n')
                 self.wfile.flush()
                 prompt = self.seen.wait(5)
-                for _ in range(100):
+                if self.silent:
+                    time.sleep(3)  # then the stream ends
+                for _ in range(0 if self.silent else 100):
                     self.wfile.write(b": heartbeat\n\n")
                     self.wfile.flush()
                     time.sleep(0.1)
@@ -120,7 +124,7 @@ class Quiet(BaseHTTPRequestHandler):
 @pytest.fixture
 def quiet():
     Quiet.seen.clear()
-    Quiet.streams = []
+    Quiet.streams, Quiet.silent = [], False
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield FerryClient(f"http://127.0.0.1:{httpd.server_address[1]}", poll_interval_s=0.05)
@@ -151,3 +155,13 @@ def test_wait_gives_up_at_its_timeout_while_the_stream_only_sends_heartbeats(qui
         quiet.wait("q", timeout_s=0.5)
     # The client hung up at its deadline, not after the stream's ten seconds of heartbeats.
     assert _stream_ended() == [(True, "left")]
+
+
+def test_wait_polls_when_the_stream_goes_silent_past_its_read_timeout(quiet):
+    Quiet.seen.set()
+    Quiet.silent = True  # no heartbeat within the read timeout: the stream counts as broken
+    with pytest.raises(TimeoutError, match="still queued after 1 s"):
+        quiet.wait("q", timeout_s=1)
+    with pytest.raises(requests.ConnectionError):  # events() says so as requests does
+        for _ in quiet._stream("q", read_timeout_s=0.5):
+            pass

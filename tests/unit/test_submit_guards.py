@@ -276,3 +276,16 @@ def test_a_message_deep_in_a_long_queue_is_left_for_its_worker(fake_redis):
     assert [record["id"] for record in taken.others] == [prediction_id]
     assert fake_redis.llen("celery-list") == 301 and fake_redis.lindex("celery-list", 0) == "mine"
     assert not fake_redis.hexists(store.key(prediction_id), "message")
+
+
+def test_a_key_an_older_ferry_remembered_without_the_version_still_guards_its_body(app, client):
+    ferry = app.extensions["ferry"]
+    validated = ferry.registry.input_schema("digits").load({"pixels": pixels(11)})
+    digest = ferry.cache.key("digits", "1.0.0", validated).rsplit(":", 1)[-1]
+    # Answered from the cache by an older Ferry, whose entry has expired since.
+    ferry.store.remember_idempotent(client.api_key.id, "old-11", f"digits:{digest}")
+    first = post(client, 11, {"Idempotency-Key": "old-11"})
+    assert first.status_code == 202
+    replay = post(client, 11, {"Idempotency-Key": "old-11"})
+    assert replay.status_code == 202 and replay.json["id"] == first.json["id"]
+    assert post(client, 12, {"Idempotency-Key": "old-11"}).status_code == 422

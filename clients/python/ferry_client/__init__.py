@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -155,7 +156,10 @@ def _lines(raw) -> Iterator[str]:
     end) before it hands over a line: an event, or a heartbeat, sat unseen until more came."""
     pending = b""
     while True:
-        data = raw.read1(65536, decode_content=True)
+        try:
+            data = raw.read1(65536, decode_content=True)
+        except urllib3.exceptions.HTTPError as exc:  # as requests' own reading would say it
+            raise requests.ConnectionError(exc) from exc
         if not data:
             break
         *lines, pending = (pending + data).split(b"\n")
