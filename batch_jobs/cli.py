@@ -60,8 +60,11 @@ def run(model, source, version, top_n, chunk_size, batch_size, cache_ttl_s, loca
     try:
         job = runner.create_job(ctx, model=model, source=described, version=version, chunk_size=chunk_size,
                                 batch_size=batch_size, cache_ttl_s=cache_ttl_s, origin="cli", confined=False)
-    except (SourceError, runner.OptionError) as exc:
+    except SourceError as exc:
         raise click.UsageError(str(exc)) from None
+    except runner.OptionError as exc:
+        option = {"cache_ttl_s": "--ttl"}.get(exc.field, "--" + exc.field.replace("_", "-"))
+        raise click.UsageError(f"{option}: {exc.message}") from None
     except UnknownVersion:
         raise click.UsageError(f"Model {model!r} serves no version {version!r}.") from None
     except UnknownModel:

@@ -395,8 +395,8 @@ def test_a_nightly_job_that_cannot_start_is_recorded_failed_with_its_reason(ctx,
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--ttl", "0"], "cache_ttl_s: Must be an integer from 60 to 7776000."),
-    (["--batch-size", "-1"], "batch_size: Must be an integer from 1 to 4096."),
+    (["--ttl", "0"], "--ttl: Must be an integer from 60 to 7776000."),
+    (["--batch-size", "-1"], "--batch-size: Must be an integer from 1 to 4096."),
     (["--version", "9"], "Model 'echo' serves no version '9'."),
 ])
 def test_the_command_line_refuses_what_the_api_refuses(ctx, inputs_dir, monkeypatch, options, message):
