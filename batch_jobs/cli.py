@@ -86,15 +86,17 @@ def run(model, source, version, top_n, chunk_size, batch_size, cache_ttl_s, loca
 
 def _bar(ctx, job_id):
     store = runner.job_store(ctx)
-    return tqdm(total=store.progress(store.get(job_id))["valid"], unit="input", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=store.progress(store.get(job_id))["total"], unit="row", dynamic_ncols=True, file=sys.stderr)
 
 
 def _update(bar, ctx, job_id) -> dict:
     store = runner.job_store(ctx)
     job = store.get(job_id)
     progress = store.progress(job)
-    bar.total = progress["valid"]
-    bar.n = progress["done"] + progress["failed"]
+    # Rows read so far, and those settled: cached, failed, or found invalid (a total that
+    # only grows while the source is read, where the valid count shrank as rows were refused).
+    bar.total = progress["total"]
+    bar.n = progress["done"] + progress["failed"] + progress["invalid"]
     bar.set_postfix(failed=progress["failed"], invalid=progress["invalid"], refresh=False)
     bar.refresh()
     return job
