@@ -167,7 +167,7 @@ def test_cli_precompute_then_cache_hits_with_no_worker_running(tmp_path):
         result = ferry("run", "minilm", "sentences.csv", "--local")  # as the README writes it: in the input folder
         assert result.returncode == 0, result.stdout + result.stderr
         assert "succeeded: 40 cached, 0 failed, 0 invalid of 40 rows" in result.stdout
-        assert "input" in result.stderr  # the progress bar
+        assert "40/40" in result.stderr and "row/s" in result.stderr  # the progress bar
         job_id = result.stdout.split()[2]
         finished = ferry("cancel", job_id)
         assert finished.returncode == 1 and "has finished (succeeded)" in finished.stderr
