@@ -172,8 +172,24 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
     job = store.get(job_id)
     if job is None or job["status"] in FINISHED:
         return job
-    if job.get("n_chunks"):
-        return resume_job(job_id, ctx, dispatch)
+    if job.get("n_chunks"):  # planned already: its chunks may be running, and keep their claims
+        return resume_job(job_id, ctx, dispatch, take_for_dead=False)
+    alive_s = _alive_s(ctx)
+    if not store.claim(job_id, "plan", alive_s):
+        return store.get(job_id)  # another planner reads the source (its task delivered again)
+    try:
+        return _plan(store, job, ctx, dispatch, alive_s)
+    finally:
+        store.release(job["id"], ["plan"])
+
+
+def _alive_s(ctx) -> int:
+    """How long a run (a chunk's, the planner's) holds its claim after its last sign of life."""
+    return max(1, int(ctx.settings.batch_stale_s))
+
+
+def _plan(store: BatchJobStore, job: dict, ctx, dispatch, alive_s: int) -> dict | None:
+    job_id = job["id"]
     now = repr(time.time())
     if not store.set_status_unless_finished(job_id, PLANNING, started_at=now, progress_at=now):
         return store.get(job_id)
@@ -185,16 +201,17 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
     n_chunks, planned, unreadable, errors, unread = 0, 0, 0, [], []
     store.add_unreadable(job_id, [], first=True)
 
-    def flush() -> None:
+    def flush() -> str | None:
+        """Store and send the chunk; the job's status."""
         nonlocal chunk, n_chunks, errors, unread
         store.write_chunk(job_id, n_chunks, chunk)
         store.add_unreadable(job_id, unread)
-        # The counts so far, before the chunk can run (its refused rows are counted among
-        # these); progress_at tells the watchdog the planner is alive.
-        store.set(job_id, planned=planned, invalid=unreadable, progress_at=repr(time.time()))
+        # The counts so far, before the chunk can run (its refused rows are counted among them).
+        store.set(job_id, planned=planned, invalid=unreadable)
         store.record_errors(job_id, errors)
         dispatch(job_id, n_chunks)
         chunk, n_chunks, errors, unread = [], n_chunks + 1, [], []
+        return store.heartbeat(job_id, "plan", alive_s)  # the watchdog, and a planner sent again, see it alive
 
     try:
         for line, text in _rows(job, spec, ctx):
@@ -213,9 +230,7 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
             # batch is read, not a whole chunk, while later chunks are large enough that the
             # cost of a task (a message, bookkeeping in Redis) is spread over many inputs.
             if len(chunk) >= min(chunk_size, batch_size << n_chunks):
-                flush()
-                if store.status(job_id) in FINISHED:  # canceled, or failed: nothing more is read, stored or sent
-                    chunk = []
+                if flush() in FINISHED:  # canceled, or failed: nothing more is read, stored or sent
                     break
         if chunk:
             flush()
@@ -249,7 +264,7 @@ def run_chunk(job_id: str, number: int, ctx) -> str:
     if spec is None:
         return FAILED
     ctx.pool.get(spec)  # load the model before a run is counted
-    alive_s = max(1, int(ctx.settings.batch_stale_s))
+    alive_s = _alive_s(ctx)
     runs = store.claim_chunk(job_id, number, alive_s)
     if runs is None:
         return "running elsewhere"
@@ -328,8 +343,10 @@ def cancel_job(job_id: str, ctx) -> dict | None:
     return store.get(job_id)
 
 
-def resume_job(job_id: str, ctx, dispatch) -> dict | None:
-    """Dispatch every chunk that has not finished; finished chunks are never recomputed."""
+def resume_job(job_id: str, ctx, dispatch, take_for_dead: bool = True) -> dict | None:
+    """Dispatch every chunk that has not finished (planning it again first if its planner
+    did not finish); finished chunks are never recomputed. `take_for_dead`: the runs that
+    hold them (the watchdog saw no progress, or the operator says so) are let go."""
     store = job_store(ctx)
     job = store.get(job_id)
     if job is None or job["status"] in FINISHED:
@@ -337,11 +354,14 @@ def resume_job(job_id: str, ctx, dispatch) -> dict | None:
     if job["status"] in (QUEUED, PLANNING) and not job.get("n_chunks"):
         if not store.set_status_unless_finished(job_id, QUEUED):  # canceled meanwhile
             return store.get(job_id)
+        if take_for_dead:
+            store.release(job_id, ["plan"])
         return plan_job(job_id, ctx, dispatch)
     done = store.done_chunks(job_id)
     store.set(job_id, progress_at=repr(time.time()))
     unfinished = [number for number in range(int(job["n_chunks"])) if number not in done]
-    store.release_chunks(job_id, unfinished)  # their runs are taken for dead
+    if take_for_dead:
+        store.release(job_id, unfinished)
     for number in unfinished:
         dispatch(job_id, number)
     _finish_if_complete(store, job_id)

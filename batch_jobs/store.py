@@ -11,8 +11,9 @@
     {prefix}batch:{id}:inputs       JSON list: a popular source's inputs as its first plan read them
     {prefix}batch:{id}:done         hash: chunk -> {"ok", "failed", "invalid", "canceled"?}, written once per chunk
     {prefix}batch:{id}:runs         hash: chunk -> times its model run started (a fourth fails its rows)
-    {prefix}batch:{id}:running:{n}  a run of the chunk is alive: set when it starts, renewed at each
-                                    batch, deleted when it is done or the job is resumed
+    {prefix}batch:{id}:running:{n}  a run of chunk n (or of the planner: running:plan) is alive: set
+                                    when it starts, renewed as it goes, deleted when it ends or the
+                                    job is resumed
     {prefix}batch:{id}:errors       list: a sample of {"line", "error"}, capped
     {prefix}batch-jobs              sorted set of job ids by creation time
 
@@ -139,25 +140,27 @@ class BatchJobStore:
             raw = self.redis.get(key)
         return orjson.loads(raw)
 
-    def claim_chunk(self, job_id: str, number: int, ttl_s: int) -> int | None:
-        """Start a run of a chunk that no live run holds: the runs so far, this one included;
-        None while another holds it (a redelivered message, a duplicate sent by a resume)."""
-        if not self.redis.set(self.key(job_id, "running", number), "1", nx=True, ex=ttl_s):
-            return None
-        return self.count_run(job_id, number)
+    def claim(self, job_id: str, run: int | str, ttl_s: int) -> bool:
+        """Start a run of a chunk (its number) or of the planner ("plan") that no live run
+        holds; False while another does (a redelivered message, a duplicate)."""
+        return bool(self.redis.set(self.key(job_id, "running", run), "1", nx=True, ex=ttl_s))
 
-    def heartbeat(self, job_id: str, number: int, ttl_s: int) -> str | None:
-        """A run of the chunk is alive and the job makes progress; the job's status."""
+    def claim_chunk(self, job_id: str, number: int, ttl_s: int) -> int | None:
+        """`claim` a chunk: the runs of it so far, this one included; None while another holds it."""
+        return self.count_run(job_id, number) if self.claim(job_id, number, ttl_s) else None
+
+    def heartbeat(self, job_id: str, run: int | str, ttl_s: int) -> str | None:
+        """A run is alive and the job makes progress; the job's status."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.expire(self.key(job_id, "running", number), ttl_s)
+        pipe.expire(self.key(job_id, "running", run), ttl_s)
         pipe.hset(self.key(job_id), "progress_at", repr(time.time()))
         pipe.hget(self.key(job_id), "status")
         return pipe.execute()[-1]
 
-    def release_chunks(self, job_id: str, numbers: list[int]) -> None:
-        """Let the chunks run again although a run may hold them (its worker is taken for dead)."""
-        if numbers:
-            self.redis.delete(*(self.key(job_id, "running", number) for number in numbers))
+    def release(self, job_id: str, runs: list) -> None:
+        """Let these run again although a run may hold them (ended, or taken for dead)."""
+        if runs:
+            self.redis.delete(*(self.key(job_id, "running", run) for run in runs))
 
     def count_run(self, job_id: str, number: int) -> int:
         """Count a run of a chunk; the runs so far, this one included."""

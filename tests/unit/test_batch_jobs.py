@@ -603,6 +603,19 @@ def test_a_chunk_a_live_run_holds_is_not_run_again_until_a_resume_takes_that_run
     assert not ctx.redis.exists(f"ferry:batch:{job['id']}:running:0")
 
 
+def test_a_plan_task_delivered_again_while_its_planner_reads_leaves_the_source_to_it(ctx, inputs_dir):
+    write_jsonl(inputs_dir / "in.jsonl", [{"x": i} for i in range(3)])
+    job = runner.create_job(ctx, model="echo", source={"type": "jsonl", "path": "in.jsonl"})
+    store = runner.job_store(ctx)
+    assert store.claim(job["id"], "plan", 300)  # the first planner, still reading
+    dispatched: list[int] = []
+    runner.plan_job(job["id"], ctx, lambda _job, number: dispatched.append(number))
+    assert dispatched == [] and store.get(job["id"]).get("n_chunks") is None
+    runner.resume_job(job["id"], ctx, lambda _job, number: dispatched.append(number))  # it is taken for dead
+    assert dispatched == [0] and store.get(job["id"])["n_chunks"] == "1"
+    assert not ctx.redis.exists(f"ferry:batch:{job['id']}:running:plan")
+
+
 def test_a_chunk_that_took_its_worker_down_three_times_fails_its_rows_and_the_job_finishes(ctx, inputs_dir):
     from tasks.predict import MAX_ATTEMPTS
 
