@@ -44,6 +44,13 @@ def outlast_visibility(registry, visibility_timeout_s: float) -> list[str]:
             if max(spec.hard_timeout_s, spec.retry_backoff_max_s) >= visibility_timeout_s]
 
 
+def _stop(message: str) -> None:
+    """Stop the worker before it takes work. Celery hands an exception raised in a signal
+    handler back to the sender, logs it and starts anyway: a SystemExit gets through."""
+    log.critical(message)
+    raise SystemExit(f"ferry worker: {message}")
+
+
 @worker_init.connect
 def _check_repository(**kwargs) -> None:
     from tasks.context import current
@@ -51,8 +58,8 @@ def _check_repository(**kwargs) -> None:
     ctx = current()
     missing = missing_entrypoints(ctx.registry)
     if missing:
-        raise RuntimeError("Model classes not importable: " + ", ".join(missing)
-                           + ". Hint: the module must be on the worker's Python path.")
+        _stop("Model classes not importable: " + ", ".join(missing)
+              + ". Hint: the module must be on the worker's Python path (PYTHONPATH, or installed).")
     too_long = outlast_visibility(ctx.registry, ctx.settings.visibility_timeout_s)
     if too_long:
         log.warning("These models outlast FERRY_VISIBILITY_TIMEOUT_S=%s: %s. Their messages may be delivered "
@@ -65,8 +72,8 @@ def refuse_cuda_before_fork(modules=sys.modules) -> None:
     instead. Only looks: importing torch here would defeat the purpose."""
     torch = modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
-        raise RuntimeError("CUDA was initialised in the worker's parent process, before its pool forked. "
-                           "Hint: touch torch only in Model.setup and Model.predict, never at import time.")
+        _stop("CUDA was initialised in the worker's parent process, before its pool forked. "
+              "Hint: touch torch only in Model.setup and Model.predict, never at import time.")
 
 
 @worker_init.connect
