@@ -11,6 +11,7 @@ JSON with the device, since when, the memory and when it last ran), refreshed ev
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import gc
@@ -65,6 +66,9 @@ class ModelPool:
         # Whether a loaded model's declaration is still served (runtime models come and go).
         self.serves = serves or (lambda spec: True)
         self._models: collections.OrderedDict[tuple[str, str], Loaded] = collections.OrderedDict()
+        # Models being set up, each on a thread of its own: a task's time limit may end the
+        # wait for one, never its setup, which the next task finds done or still going.
+        self._loading: dict[tuple[str, str], tuple[ModelSpec, concurrent.futures.Future]] = {}
         self._lock = threading.RLock()
         self._start_reporting = OncePerProcess(
             lambda: threading.Thread(target=self._report_forever, name="ferry-pool", daemon=True).start())
@@ -83,27 +87,55 @@ class ModelPool:
         return self._device
 
     def get(self, spec: ModelSpec):
+        """The model, loaded on first use. Its setup runs on a thread of its own, so that a
+        setup slower than the task's time limit still ends, for the tasks after it."""
         key = (spec.name, spec.version)
         with self._lock:
             entry = self._models.get(key)
             if entry is not None and entry.spec != spec:  # re-registered with another declaration
                 self._evict(key, "its declaration changed")
                 entry = None
-            if entry is None:
-                entry = self._load(spec)
-                self._models[key] = entry
-                self._shrink(keep=key)
-            entry.last_used = time.time()
-            self._models.move_to_end(key)
-        return entry.model
+            if entry is not None:
+                entry.last_used = time.time()
+                self._models.move_to_end(key)
+                return entry.model
+            loading = self._loading.get(key)
+            if loading is None or loading[0] != spec:
+                if spec.kind == "torch":
+                    from models.torch_runtime import limit_threads
+
+                    limit_threads(self.torch_threads)  # OpenMP counts threads per calling thread: this one predicts
+                loading = self._loading[key] = (spec, concurrent.futures.Future())
+                threading.Thread(target=self._load_into, args=(key, *loading), name=f"ferry-setup-{spec.name}",
+                                 daemon=True).start()
+        return loading[1].result().model
+
+    def _load_into(self, key: tuple[str, str], spec: ModelSpec, done: concurrent.futures.Future) -> None:
+        try:
+            entry = self._load(spec)
+        except BaseException as exc:  # the waiting task says why; the next one tries again
+            with self._lock:
+                if self._loading.get(key, (None, None))[1] is done:
+                    del self._loading[key]
+            done.set_exception(exc)
+            return
+        with self._lock:
+            if self._loading.get(key, (None, None))[1] is done:
+                del self._loading[key]
+            self._models[key] = entry
+            self._shrink(keep=key)
+        done.set_result(entry)
 
     def predict(self, spec: ModelSpec, inputs: list[dict], fatal: tuple = (),
                 progress=None) -> list[tuple[str | None, str | None]]:
         """`models.base.predict_isolated` on the loaded model, in its inference context."""
-        with self._lock:
+        while True:  # loaded outside the lock, which its setup thread takes to add it
             model = self.get(spec)
-            entry = self._models[(spec.name, spec.version)]
-            entry.in_use += 1
+            with self._lock:
+                entry = self._models.get((spec.name, spec.version))
+                if entry is not None and entry.model is model:
+                    entry.in_use += 1
+                    break
         try:
             with self._context(spec):
                 return predict_isolated(model, inputs, fatal, progress)
@@ -123,10 +155,6 @@ class ModelPool:
         started = time.perf_counter()
         before = _rss_bytes()
         model = instantiate(spec)
-        if spec.kind == "torch":
-            from models.torch_runtime import limit_threads
-
-            limit_threads(self.torch_threads)
         device = self.device if spec.kind == "torch" else "cpu"
         model.setup(device)
         own = model.memory_bytes()

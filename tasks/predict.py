@@ -124,10 +124,12 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
         record["batch_size"] = str(size)
         observed.observe(metrics.QUEUE_WAIT, spec.name, max(0.0, begun - float(record["queued_at"])))
     outcomes: list[tuple[str | None, str | None]]
+    loading = True
     try:
         if batch[0]["version"] != spec.version:
             raise LookupError(f"version {batch[0]['version']} of model {spec.name} is no longer served")
         model = ctx.pool.get(spec)  # load first, so the forward pass is timed alone
+        loading = False
         inputs = [json.loads(record["input"]) for record in batch]
         forward_started = time.perf_counter()
         # A time limit, a cancel or a transient error is the batch's, not one input's: no
@@ -138,7 +140,12 @@ def _run_batch(ctx: WorkerContext, spec: ModelSpec, batch: list[dict]) -> dict[s
         observed.observe(metrics.PREDICT_SECONDS, spec.name, time.perf_counter() - forward_started)
         observed.observe(metrics.BATCH_SIZE, spec.name, len(batch))
     except SoftTimeLimitExceeded:
-        outcomes = [(None, f"Timed out after {spec.timeout_s:g} s.")] * len(batch)
+        if loading:
+            log.warning("model %s: its setup outlasted timeout_s=%g; it goes on loading", spec.name, spec.timeout_s)
+        outcomes = [(None, f"Timed out after {spec.timeout_s:g} s" + (
+            " while the model was loading (Model.setup). It goes on loading in this worker process, for the "
+            "predictions after this one. Hint: a setup slower than timeout_s fails the predictions that wait "
+            "for it; make it faster, or raise timeout_s." if loading else "."))] * len(batch)
     except Canceled:
         outcomes = [(None, "Canceled while running.")] * len(batch)
     except TRANSIENT_ERRORS as exc:

@@ -80,6 +80,16 @@ class Probe(Model):
                  "dtype": str(product.dtype), "x": item["x"]} for item in batch]
 
 
+class SlowSetup(Model):
+    """Takes 3 s to set up: longer than its declared timeout_s."""
+
+    def setup(self, device: str) -> None:
+        time.sleep(3)
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        return [{"x": item["x"]} for item in batch]
+
+
 class Flaky(Model):
     """Fails transiently `x` times for each input (counted in this process), then succeeds."""
 

@@ -27,6 +27,7 @@ def repository_file(tmp_path_factory):
     document["models"] += [
         declaration("flaky", "Flaky", retries={"max": 3, "backoff_s": 0.2}),
         declaration("sleepy", "Slow", timeout_s=1),
+        declaration("slow-setup", "SlowSetup", timeout_s=1),
         declaration("stubborn", "Stubborn", timeout_s=1, hard_timeout_s=2),
         declaration("patient", "Patient", cancelable=True),
         declaration("busy", "Patient"),

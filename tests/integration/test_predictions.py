@@ -103,6 +103,21 @@ def test_soft_time_limit_fails_the_prediction_clearly(live_client):
     assert done["status"] == "failed" and done["error"] == "Timed out after 1 s.", done
 
 
+def test_a_setup_slower_than_the_time_limit_fails_the_first_predictions_then_serves(live_client):
+    first = poll(live_client, live_client.post("/models/slow-setup/predictions", json={"input": {"x": 1.0}})
+                 .headers["Location"])
+    assert first["status"] == "failed" and "while the model was loading (Model.setup)" in first["error"], first
+    # The setup went on after that task's limit: a later prediction finds the model loaded.
+    later = {}
+    for attempt in range(10):
+        time.sleep(1)
+        later = poll(live_client, live_client.post("/models/slow-setup/predictions",
+                                                   json={"input": {"x": 2.0 + attempt}}).headers["Location"])
+        if later["status"] == "succeeded":
+            break
+    assert later["status"] == "succeeded", later
+
+
 def test_hard_time_limit_stops_a_model_that_ignores_the_soft_one(live_client):
     response = live_client.post("/models/stubborn/predictions", json={"input": {"x": 30.0}})
     done = poll(live_client, response.headers["Location"])
