@@ -196,11 +196,10 @@ def flower() -> None:
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
     _exec([
         _tool("celery"), "-A", "tasks.worker", "flower", "--address=127.0.0.1", f"--port={s.flower_port}",
-        f"--basic-auth={s.flower_user}:{s.flower_password}", "--persistent=True",
-        f"--db={Path(s.data_dir) / 'flower.db'}",
+        "--persistent=True", f"--db={Path(s.data_dir) / 'flower.db'}",
         # Saved every minute too, not only at a clean shutdown, so a crash loses little.
         "--state_save_interval=60000",
-    ])
+    ], env={**os.environ, "FLOWER_BASIC_AUTH": f"{s.flower_user}:{s.flower_password}"})  # not in `ps`
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,6 +116,14 @@ def test_docs_open_and_flower_behind_auth(stack):
     assert requests.get(stack["flower"], auth=("ferry", "wrong"), timeout=10).status_code == 401
     assert requests.get(f"{stack['flower']}/api/workers", timeout=10).status_code == 401
     assert requests.get(stack["flower"], auth=("ferry", "e2e-secret"), timeout=10).status_code == 200
+    # Any local user reads command lines (`ps`): the password is in none of them.
+    shown = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            shown.append(cmdline.read_bytes())
+        except OSError:  # a process that ended meanwhile
+            pass
+    assert shown and not any(b"e2e-secret" in line for line in shown)
 
 
 def test_keys_made_with_the_cli(stack):

@@ -26,7 +26,17 @@ def test_compose_has_every_process_and_exactly_one_beat():
     # Every write on disk before Redis answers: a 202 is never lost to a Redis crash.
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--appendfsync") + 1] == "always"
-    assert any(arg.startswith("--basic-auth=") for arg in services["flower"]["command"])
+    # Flower's password comes from its environment, never its command line (which `ps` shows).
+    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("ferry:${FERRY_FLOWER_PASSWORD:?")
+    assert not any("basic" in arg for arg in services["flower"]["command"])
+
+
+def test_every_ferry_service_gets_the_shared_environment():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name, service in services.items():
+        if name != "redis":
+            assert service["environment"]["FERRY_REDIS_URL"] == "redis://redis:6379/0", name
+            assert "FERRY_HTTP_MODEL_HOSTS" in service["environment"], name
 
 
 def test_the_api_and_the_batch_worker_see_the_same_batch_inputs():
