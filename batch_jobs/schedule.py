@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 from celery.schedules import crontab
 
+from tasks.settings import Settings
 from tasks.celery_app import BATCH_NIGHTLY_TASK, BATCH_QUEUE, BATCH_WATCHDOG_TASK, SWEEP_TASK
 from tasks.devices import SWEEP_QUEUE
 
@@ -15,10 +16,20 @@ JOB_OPTIONS = ("model", "version", "source", "chunk_size", "batch_size", "cache_
 def load_nightly(settings) -> dict[str, dict]:
     path = Path(settings.nightly_jobs_file)
     if not path.is_file():
-        return {}
-    document = yaml.safe_load(path.read_text()) or {}
+        if path.resolve() != Path(Settings().nightly_jobs_file).resolve():
+            raise ValueError(f"FERRY_NIGHTLY_JOBS_FILE={settings.nightly_jobs_file}: no such file.")
+        return {}  # the shipped file removed: no nightly jobs
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    entries = document.get("jobs") if isinstance(document, dict) else None
+    if not isinstance(entries or [], list):
+        raise ValueError(f"{path}: `jobs` must be a list of jobs.")
     jobs = {}
-    for entry in document.get("jobs") or []:
+    for entry in entries or []:
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: each job is a mapping (name, model, source, crontab), not {entry!r}.")
         missing = {"name", "model", "source", "crontab"} - set(entry)
         if missing:
             raise ValueError(f"{path}: nightly job {entry.get('name', '?')} lacks {sorted(missing)}")
@@ -46,11 +57,17 @@ def beat_schedule(settings) -> dict:
                                "options": {"queue": SWEEP_QUEUE, "expires": settings.visibility_timeout_s}},
     }
     for name, entry in load_nightly(settings).items():
-        minute, hour, day_of_month, month_of_year, day_of_week = entry["crontab"].split()
+        try:
+            minute, hour, day_of_month, month_of_year, day_of_week = str(entry["crontab"]).split()
+            when = crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+                           day_of_week=day_of_week)
+            when.remaining_estimate(when.now())  # an out-of-range field is found only when it is used
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{settings.nightly_jobs_file}: nightly job {name}: crontab {entry['crontab']!r} is not "
+                             f"\"minute hour day-of-month month day-of-week\" ({exc})") from None
         schedule[f"nightly-{name}"] = {
             "task": BATCH_NIGHTLY_TASK,
-            "schedule": crontab(minute=minute, hour=hour, day_of_month=day_of_month,
-                                month_of_year=month_of_year, day_of_week=day_of_week),
+            "schedule": when,
             "args": [name],
             "options": {"queue": BATCH_QUEUE},
         }

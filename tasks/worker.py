@@ -1,4 +1,6 @@
 """Celery's entry point: `celery -A tasks.worker worker|beat|flower`."""
+from collections.abc import Mapping
+
 from celery.signals import setup_logging
 
 from tasks import logs
@@ -17,7 +19,30 @@ def _logging(loglevel=None, **kwargs):
 
 from batch_jobs.schedule import beat_schedule  # noqa: E402
 
-celery.conf.beat_schedule = beat_schedule(settings)
+
+class _BuiltWhenRead(Mapping):
+    """The beat schedule, built when beat first reads it: a bad nightly file stops beat with
+    its reason, and never the workers or Flower, which import this module but do not read it."""
+
+    def __init__(self, build):
+        self._build, self._built = build, None
+
+    def _schedule(self) -> dict:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def __getitem__(self, key):
+        return self._schedule()[key]
+
+    def __iter__(self):
+        return iter(self._schedule())
+
+    def __len__(self):
+        return len(self._schedule())
+
+
+celery.conf.beat_schedule = _BuiltWhenRead(lambda: beat_schedule(settings))
 
 import tasks.batch  # noqa: E402,F401  (registers the batch tasks)
 import tasks.heartbeat  # noqa: E402,F401  (signal handlers)

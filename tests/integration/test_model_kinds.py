@@ -161,19 +161,3 @@ def test_models_route_to_their_queue_and_the_pool_evicts_by_count_and_idle_time(
     wait_for(lambda: pool_client.get("/models/weighty-b").json["loaded"] == [], 20, "idle model unloaded")
     assert "unloaded model weighty-b:1 (idle for 6 s)" in pool_worker.log_path.read_text()
 
-
-def test_a_worker_whose_models_cannot_be_found_stops_at_start(redis_url, tmp_path):
-    from tests.processes import start_worker
-
-    repository = tmp_path / "repository.yaml"
-    ghost = {**declaration("ghost", "Ghost"), "entrypoint": "nowhere.at_all:Ghost"}
-    repository.write_text(yaml.safe_dump({"models": [ghost]}))
-    log_path = tmp_path / "worker.log"
-    proc = start_worker(redis_url, log_path, queues="ghost-queue", model_repository=repository)
-    try:
-        returncode = proc.wait(timeout=60)
-    finally:
-        stop_group(proc)
-    said = log_path.read_text()
-    assert returncode != 0, said
-    assert "Model classes not importable: ghost (nowhere.at_all:Ghost)" in said and "Hint:" in said
