@@ -165,7 +165,7 @@ def _resolve_auto() -> str:
 @main.command()
 @click.option("--queues", "-Q", default=None,
               help="Queues to consume (default: FERRY_WORKER_QUEUES, else the device's queues).")
-@click.option("--concurrency", "-c", type=int, default=None,
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None,
               help="Processes (default: FERRY_WORKER_CONCURRENCY; always 1 on a GPU).")
 @click.option("--device", "-d", default=None, help="cpu, cuda:N or auto (default: FERRY_DEVICE).")
 def worker(queues: str | None, concurrency: int | None, device: str | None) -> None:

@@ -107,16 +107,32 @@ class Settings:
     # Recent requests kept per model for GET /models/{name}/logs.
     model_log_max: int = 200
 
+    def __post_init__(self) -> None:
+        # A value no process could work with fails at start, naming its variable, rather than
+        # as a 500 (or a 503) on every request.
+        for name, low in _AT_LEAST.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)!r}: must be at least {low}.")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"{ENV_PREFIX}LOG_FORMAT={self.log_format!r}: must be text or json.")
+        self._queue_limits()
+
+    def _queue_limits(self) -> dict[str, int]:
+        limits = {}
+        for entry in filter(None, (part.strip() for part in self.queue_limits.split(","))):
+            name, _, limit = entry.partition("=")
+            if not name.strip() or not limit.strip().isdigit():
+                raise ValueError(f"{ENV_PREFIX}QUEUE_LIMITS={self.queue_limits!r}: each entry is queue=N "
+                                 f"(N a whole number, 0 for no limit), not {entry!r}.")
+            limits[name.strip()] = int(limit)
+        return limits
+
     @property
     def api_metrics_dir(self) -> Path:
         return Path(self.metrics_dir or Path(self.data_dir) / "api-metrics")
 
     def queue_limit_for(self, queue: str) -> int:
-        for entry in filter(None, (part.strip() for part in self.queue_limits.split(","))):
-            name, _, limit = entry.partition("=")
-            if name.strip() == queue:
-                return int(limit)
-        return self.queue_limit
+        return self._queue_limits().get(queue, self.queue_limit)
 
     @property
     def batch_inputs(self) -> Path:
@@ -132,6 +148,20 @@ class Settings:
                 values[field.name] = _coerce(field, raw)
         values.update(overrides)
         return cls(**values)
+
+
+# The least each number may be: 0 where 0 means "none" or "no limit", more where 0 would stop
+# every request (a TTL of 0, no threads, a timeout of 0).
+_AT_LEAST = {
+    "max_content_length": 1, "prediction_ttl_s": 1, "max_wait_s": 0, "queue_limit": 0, "max_waiters": 0,
+    "max_event_streams": 0, "event_stream_max_s": 0.001, "event_heartbeat_s": 0.001, "redis_timeout_s": 0.001,
+    "retry_after_s": 1, "heartbeat_s": 0.001, "claim_lease_s": 0.001, "sweep_s": 0.001, "visibility_timeout_s": 1,
+    "worker_concurrency": 1, "torch_threads": 0, "api_port": 1, "api_workers": 1, "api_threads": 1,
+    "flower_port": 1, "embedded_redis_port": 1, "key_cache_s": 0, "batch_chunk_size": 1,
+    "batch_cache_ttl_s": 60, "batch_job_ttl_s": 60, "batch_stale_s": 0, "batch_watchdog_s": 0.001, "popular_max": 1,
+    "popular_max_input_bytes": 1, "runtime_models_max": 0, "registry_refresh_s": 0, "pool_max_models": 0,
+    "pool_memory_mb": 0, "pool_idle_s": 0, "model_log_max": 0,
+}
 
 
 def _coerce(field: dataclasses.Field, raw: str):
