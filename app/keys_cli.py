@@ -50,7 +50,7 @@ def list_keys() -> None:
 @keys.command("revoke")
 @click.argument("key_id")
 def revoke(key_id: str) -> None:
-    """Revoke the key KEY_ID (see `ferry keys list`); it is refused from the next request on."""
+    """Revoke the key KEY_ID (see `ferry keys list`); every API process refuses it within FERRY_KEY_CACHE_S (5 s)."""
     store = _store()
     if store.bootstrap is not None and store.bootstrap[1].id == key_id:
         raise click.ClickException("That key is FERRY_ADMIN_KEY: unset it and restart the API to revoke it.")
