@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from typing import Callable
 
 import orjson
@@ -13,6 +14,9 @@ ProgressCallback = Callable[[int, float, "dict | None"], None]
 
 def _ignore_progress(index: int, fraction: float, partial: dict | None = None) -> None:
     pass
+
+
+log = logging.getLogger(__name__)
 
 
 class TransientError(Exception):
@@ -110,7 +114,7 @@ def checked_predict(model: Model, inputs: list[dict]) -> list[dict]:
     return outputs
 
 
-def encode_output(output: dict) -> str:
+def encode_output(output: dict, what: str = "The model's output", must: str = "predict must return dicts") -> str:
     """One output as strict JSON; an array, a numpy scalar that is not a float64 (a subclass
     of float), NaN or infinity fails here, loudly.
 
@@ -129,8 +133,8 @@ def encode_output(output: dict) -> str:
         return json.dumps(output, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(
-            f"The model's output is not plain JSON ({exc}). Hint: predict must return dicts of "
-            "str, int, float, bool, None, lists and dicts; call .tolist() on arrays and leave out NaN."
+            f"{what} is not plain JSON ({exc}). Hint: {must} of str, int, float, bool, None, lists and "
+            "dicts; call .tolist() on arrays and leave out NaN."
         ) from None
 
 
@@ -170,8 +174,10 @@ def predict_isolated(model: Model, inputs: list[dict], fatal: tuple = (),
                 return [(encode_output(output), None) for output in checked_predict(model, inputs)]
         except fatal:
             raise
-        except Exception:
-            pass
+        except Exception as exc:
+            # Said, or a model that cannot batch would lose batching without a word.
+            log.warning("model %s: its batch of %d failed (%s); running its inputs one by one",
+                        getattr(model, "name", type(model).__name__), len(inputs), error_message(exc))
     results: list[tuple[str | None, str | None]] = []
     for index, item in enumerate(inputs):
         try:

@@ -37,7 +37,8 @@ class ProgressReporter:
         now = self.clock()
         if fraction < 1.0 and now - self._last.get(index, -math.inf) < self.min_interval_s:
             return
-        encoded = None if partial is None else encode_output(partial)
+        encoded = None if partial is None else encode_output(
+            partial, what="report_progress: the partial output", must="a partial output is a dict")
         self._last[index] = now
         if encoded is not None and len(encoded) > MAX_PARTIAL_BYTES:
             log.warning("partial output of %s is %d bytes; only its progress is shown", self.ids[index], len(encoded))

@@ -23,7 +23,7 @@ class Counting(Model):
         return [{"x": item["x"]} for item in batch]
 
 
-def test_reports_reach_the_callback_with_indices_into_the_whole_batch():
+def test_reports_reach_the_callback_with_indices_into_the_whole_batch(caplog):
     seen = []
     model = Counting()
     # The batch fails as a whole and is retried item by item: indices still point into it.
@@ -32,6 +32,8 @@ def test_reports_reach_the_callback_with_indices_into_the_whole_batch():
     assert [error for _, error in outcomes] == [None, None, None]
     assert seen == [(0, 0.5, {"half": 1}), (1, 0.5, {"half": -2}), (2, 0.5, {"half": 3})]
     model.report_progress(0, 1.0)  # outside a batch the report goes nowhere, and is no error
+    # The fallback is said: a model that cannot batch does not lose batching without a word.
+    assert "its batch of 3 failed (ValueError: negative x); running its inputs one by one" in caplog.text
 
 
 def test_without_a_callback_reports_are_ignored():
@@ -88,7 +90,7 @@ def test_reporter_refuses_what_it_cannot_show(store):
         report(1, 0.5)
     with pytest.raises(ValueError):
         report(0, float("nan"))
-    with pytest.raises(TypeError, match="not plain JSON"):
+    with pytest.raises(TypeError, match="report_progress: the partial output is not plain JSON"):
         report(0, 0.5, {"bad": object()})
     report(0, 0.5, {"big": "x" * MAX_PARTIAL_BYTES})
     stored = store.get(prediction_id)
