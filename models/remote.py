@@ -13,6 +13,7 @@ input fails alone.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -162,13 +163,22 @@ class SubprocessModel(Model):
         self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, bufsize=1, cwd=self.root, env=env)
         self.starts += 1
-        threading.Thread(target=self._forward_stderr, args=(self.process,), daemon=True,
-                         name=f"ferry-{self.name}-stderr").start()
+        # The last lines it wrote on stderr go into the error when it dies: they say why.
+        self.last_words: collections.deque[str] = collections.deque(maxlen=5)
+        self.stderr_reader = threading.Thread(target=self._forward_stderr, args=(self.process, self.last_words),
+                                              daemon=True, name=f"ferry-{self.name}-stderr")
+        self.stderr_reader.start()
         log.info("model %s: started %s (pid %d)", self.name, " ".join(self.argv), self.process.pid)
 
-    def _forward_stderr(self, process: subprocess.Popen) -> None:
+    def _forward_stderr(self, process: subprocess.Popen, last_words: collections.deque) -> None:
         for line in process.stderr:
+            last_words.append(line.rstrip()[:300])
             log.warning("model %s (pid %d): %s", self.name, process.pid, line.rstrip())
+
+    def _said(self) -> str:
+        """What the process that just ended last wrote on stderr, for its error."""
+        self.stderr_reader.join(timeout=1)  # it reads to the end of the pipe once the process is gone
+        return f" Its last words on stderr: {' | '.join(self.last_words)}" if self.last_words else ""
 
     def predict(self, batch: list[dict]) -> list[dict]:
         if self.closed:
@@ -200,12 +210,13 @@ class SubprocessModel(Model):
                 code = "none: it closed its output and was killed"
             self._stop(process)
             raise RuntimeError(f"The model's process exited (code {code}) while running this input; "
-                               "a new one is started for the next.")
+                               f"a new one is started for the next.{self._said()}")
         try:
             answer = json.loads(reply)
         except ValueError:
             self._stop(process)
-            raise RuntimeError(f"The model's process wrote a line that is not JSON: {reply[:100]!r}") from None
+            raise RuntimeError(f"The model's process wrote a line that is not JSON: {reply[:100]!r}. Hint: stdout "
+                               "carries only answers, one JSON line each; write logs to stderr.") from None
         if not isinstance(answer, dict) or answer.get("id") != request_id:
             self._stop(process)
             raise RuntimeError(f"The model's process answered another request than {request_id}: it must echo each "

@@ -56,7 +56,7 @@ def test_a_subprocess_model_that_dies_fails_that_request_clearly_and_is_restarte
     died = wait_result(live_client, live_client.post("/models/mortal/predictions", json={"input": {"x": -1}}))
     assert died["status"] == "failed"
     assert died["error"] == ("RuntimeError: The model's process exited (code 3) while running this input; "
-                             "a new one is started for the next.")
+                             "a new one is started for the next. Its last words on stderr: asked to die")
     again = wait_result(live_client, live_client.post("/models/mortal/predictions", json={"input": {"x": 4}}))
     assert again["status"] == "succeeded" and again["output"]["double"] == 8
     assert again["output"]["pid"] != first["output"]["pid"]

@@ -44,7 +44,7 @@ def test_when_the_process_dies_the_input_in_it_fails_clearly_and_the_next_gets_a
     assert outcomes[0][1] is None and '"double":10' in outcomes[0][0]
     assert outcomes[1][0] is None
     assert outcomes[1][1] == ("RuntimeError: The model's process exited (code 3) while running this input; "
-                              "a new one is started for the next.")
+                              "a new one is started for the next. Its last words on stderr: asked to die")
     after = child.predict([{"x": 1}])[0]["pid"]
     assert after != before and child.starts >= 2
 
