@@ -147,7 +147,8 @@ class ModelDeclarationSchema(Schema):
     kind = fields.String(required=True, validate=validate.OneOf(MODEL_KINDS))
     version = fields.String(required=True, validate=validate.Regexp(
         r"^[A-Za-z0-9._-]{1,32}$", error="1 to 32 letters, digits, '.', '-' and '_'."))
-    entrypoint = fields.String(load_default="", validate=validate.Regexp(r"^[\w.]+:\w+$"))
+    entrypoint = fields.String(load_default="", validate=validate.Regexp(
+        r"^[\w.]+:\w+$", error="module:Class, such as models.builtin.digits:DigitsModel."))
     url = fields.Url(load_default="", schemes={"http", "https"}, require_tld=False)
     command = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
     default = fields.Boolean(load_default=False)
@@ -206,7 +207,14 @@ def parse_repository(document: dict, source: str = "model repository") -> list[M
     try:
         loaded = _RepositoryDecl().load(document)
     except ValidationError as exc:
-        raise ValueError(f"{source} is invalid: {exc.messages}") from None
+        messages = exc.messages
+        models = document.get("models") if isinstance(document, dict) else None
+        if isinstance(messages, dict) and isinstance(messages.get("models"), dict) and isinstance(models, list):
+            # By name, not by place in the list: "models: {0: ...}" sends the reader counting.
+            messages = {**messages, "models": {
+                (models[i].get("name", i) if isinstance(i, int) and i < len(models) and isinstance(models[i], dict)
+                 else i): errors for i, errors in messages["models"].items()}}
+        raise ValueError(f"{source} is invalid: {messages}") from None
     specs = []
     for decl in loaded["models"]:
         batching = decl.pop("batching")
