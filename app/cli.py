@@ -30,7 +30,24 @@ def _tool(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-@click.group()
+class _Ferry(click.Group):
+    """The `ferry` command: a Redis that cannot be reached, or a setting no process could work
+    with, is one line naming it, not a traceback."""
+
+    def invoke(self, ctx):
+        import redis
+
+        try:
+            return super().invoke(ctx)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise click.ClickException(f"Redis is unreachable (FERRY_REDIS_URL): {exc}") from None
+        except ValueError as exc:
+            if not str(exc).startswith(("FERRY_", "Redis URL")):
+                raise
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Ferry)
 def main() -> None:
     """Ferry: one model server for many models."""
 

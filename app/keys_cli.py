@@ -29,7 +29,9 @@ def keys() -> None:
               help="Repeat for several: --scope predict --scope admin.")
 def create(name: str, scopes: tuple[str, ...]) -> None:
     """Create a key and print its token, once: it cannot be shown again."""
-    token, api_key = _store().create(name, scopes)
+    if not name.strip():
+        raise click.BadParameter("say who or what the key is for", param_hint="--name")
+    token, api_key = _store().create(name.strip(), scopes)
     click.echo(f"Created key {api_key.id} ({api_key.name}; scopes {', '.join(api_key.scopes)}).")
     click.echo("Its token is shown only now; send it as `Authorization: Bearer <token>`:")
     click.echo(token)

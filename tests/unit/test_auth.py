@@ -134,3 +134,16 @@ def test_a_process_trusts_a_found_key_for_key_cache_s(fake_redis, monkeypatch):
     clock[0] += 5.1
     assert here.lookup(token) is None
     assert KeyStore(fake_redis, cache_s=5).lookup("ferry_never-made") is None
+
+
+def test_the_command_line_says_what_is_wrong_in_one_line(monkeypatch):
+    monkeypatch.setenv("FERRY_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    runner = CliRunner()
+    unreachable = runner.invoke(ferry, ["keys", "list"])
+    assert unreachable.exit_code == 1 and "Redis is unreachable (FERRY_REDIS_URL)" in unreachable.output
+    assert "Traceback" not in unreachable.output
+    monkeypatch.setenv("FERRY_PREDICTION_TTL_S", "0")
+    assert "FERRY_PREDICTION_TTL_S=0: must be at least 1." in runner.invoke(ferry, ["keys", "list"]).output
+    monkeypatch.delenv("FERRY_PREDICTION_TTL_S")
+    nameless = runner.invoke(ferry, ["keys", "create", "--name", " ", "--scope", "predict"])
+    assert nameless.exit_code == 2 and "--name" in nameless.output
