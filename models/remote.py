@@ -49,6 +49,10 @@ def _outputs(answer, source: str, count: int) -> list[dict]:
     if not isinstance(outputs, list) or len(outputs) != count:
         got = len(outputs) if isinstance(outputs, list) else "no list of"
         raise RuntimeError(f"{source} answered {got} outputs for {count} inputs.")
+    wrong = next((output for output in outputs if not isinstance(output, dict)), None)
+    if wrong is not None:
+        raise RuntimeError(f"{source} answered an output that is not a JSON object ({type(wrong).__name__}: "
+                           f"{str(wrong)[:100]}); each of `outputs` is one, such as {{\"label\": 3}}.")
     return outputs
 
 

@@ -183,3 +183,9 @@ def test_errors_name_the_model_and_only_the_workers_log_shows_its_url(server, ca
     with pytest.raises(TransientError) as unreachable:
         http_model("http://127.0.0.1:9/predict", timeout_s=1).predict([{"x": 1}])
     assert "127.0.0.1:9" not in str(unreachable.value)
+
+
+def test_outputs_that_are_not_objects_are_named_as_the_servers(server):
+    server["body"] = {"outputs": [[1]]}
+    with pytest.raises(RuntimeError, match="answered an output that is not a JSON object \\(list: \\[1\\]\\)"):
+        http_model(server["url"] + "/predict").predict([{"x": 1}])
