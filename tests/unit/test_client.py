@@ -1,6 +1,7 @@
 """The Python client's retries, against a small HTTP server that says "not now" first."""
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -11,19 +12,11 @@ import requests
 from ferry_client import FerryClient, FerryError, PredictionFailed
 
 
-class Scripted(BaseHTTPRequestHandler):
-    """Answers POSTs from `script` in turn (status, headers, body), and records each."""
-
-    script: list = []
-    seen: list = []
-
-    def do_POST(self):
-        length = int(self.headers.get("Content-Length", 0))
-        self.seen.append((self.path, self.headers.get("Authorization"), json.loads(self.rfile.read(length))))
-        status, headers, body = self.script.pop(0)
+class Handler(BaseHTTPRequestHandler):
+    def answer(self, status: int, body, headers=None):
         payload = json.dumps(body).encode()
         self.send_response(status)
-        for name, value in {"Content-Type": "application/json", **headers}.items():
+        for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -33,15 +26,36 @@ class Scripted(BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def serving(handler):
+    """The base URL of `handler` served on a free port, from a thread."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+class Scripted(Handler):
+    """Answers POSTs from `script` in turn (status, headers, body), and records each."""
+
+    script: list = []
+    seen: list = []
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", 0))
+        self.seen.append((self.path, self.headers.get("Authorization"), json.loads(self.rfile.read(length))))
+        status, headers, body = self.script.pop(0)
+        self.answer(status, body, headers)
+
+
 @pytest.fixture
 def server():
     Scripted.script, Scripted.seen = [], []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(Scripted) as url:
+        yield url
 
 
 def error(status: int) -> dict:
@@ -80,7 +94,7 @@ def test_predict_raises_when_the_prediction_failed(server):
     assert caught.value.prediction["status"] == "failed"
 
 
-class Quiet(BaseHTTPRequestHandler):
+class Quiet(Handler):
     """A prediction that stays queued: one status event; then, once the client has seen it
     (`seen`, or after 5 s), a heartbeat every 0.1 s for ten seconds. `streams` records, for
     each stream, whether the client saw the event before anything else came, and whether it
@@ -110,26 +124,15 @@ class Quiet(BaseHTTPRequestHandler):
                 return
             self.streams.append((prompt, "read to the end"))
             return
-        payload = json.dumps({"id": "q", "status": "queued"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+        self.answer(200, {"id": "q", "status": "queued"})
 
 
 @pytest.fixture
 def quiet():
     Quiet.seen.clear()
     Quiet.streams, Quiet.silent = [], False
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield FerryClient(f"http://127.0.0.1:{httpd.server_address[1]}", poll_interval_s=0.05)
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(Quiet) as url:
+        yield FerryClient(url, poll_interval_s=0.05)
 
 
 def _stream_ended():
