@@ -30,6 +30,12 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def on_device(device: str):
+    """`device` as the current CUDA device of the calling thread (each thread has its own),
+    for a model's setup on a thread of its own."""
+    return torch.cuda.device(device) if device.startswith("cuda") else contextlib.nullcontext()
+
+
 def limit_threads(threads: int) -> None:
     """At most `threads` CPU threads for this process's forward passes (0: torch's default)."""
     if threads > 0 and torch.get_num_threads() != threads:

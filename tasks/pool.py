@@ -90,40 +90,53 @@ class ModelPool:
         """The model, loaded on first use. Its setup runs on a thread of its own, so that a
         setup slower than the task's time limit still ends, for the tasks after it."""
         key = (spec.name, spec.version)
-        with self._lock:
-            entry = self._models.get(key)
-            if entry is not None and entry.spec != spec:  # re-registered with another declaration
-                self._evict(key, "its declaration changed")
-                entry = None
-            if entry is not None:
-                entry.last_used = time.time()
-                self._models.move_to_end(key)
-                return entry.model
-            loading = self._loading.get(key)
-            if loading is None or loading[0] != spec:
-                if spec.kind == "torch":
-                    from models.torch_runtime import limit_threads
+        while True:
+            with self._lock:
+                entry = self._models.get(key)
+                if entry is not None and entry.spec != spec:  # re-registered with another declaration
+                    self._evict(key, "its declaration changed")
+                    entry = None
+                if entry is not None:
+                    entry.last_used = time.time()
+                    self._models.move_to_end(key)
+                    return entry.model
+                loading = self._loading.get(key)
+                if loading is None or loading[0] != spec:
+                    if spec.kind == "torch":
+                        from models.torch_runtime import limit_threads
 
-                    limit_threads(self.torch_threads)  # OpenMP counts threads per calling thread: this one predicts
-                loading = self._loading[key] = (spec, concurrent.futures.Future())
-                threading.Thread(target=self._load_into, args=(key, *loading), name=f"ferry-setup-{spec.name}",
-                                 daemon=True).start()
-        return loading[1].result().model
+                        # Both are the calling thread's own: OpenMP's thread count, CUDA's
+                        # current device (set where the device is first resolved). It predicts.
+                        limit_threads(self.torch_threads)
+                        self.device  # noqa: B018
+                    loading = self._loading[key] = (spec, concurrent.futures.Future())
+                    threading.Thread(target=self._load_into, args=(key, *loading), name=f"ferry-setup-{spec.name}",
+                                     daemon=True).start()
+            entry = loading[1].result()
+            if entry is not None:
+                return entry.model
+            # Its declaration changed while it loaded: look again.
 
     def _load_into(self, key: tuple[str, str], spec: ModelSpec, done: concurrent.futures.Future) -> None:
         try:
             entry = self._load(spec)
-        except BaseException as exc:  # the waiting task says why; the next one tries again
+        except BaseException as exc:  # the waiting task says why (if one still waits); the next tries again
+            log.exception("model %s:%s: setup failed", *key)
             with self._lock:
                 if self._loading.get(key, (None, None))[1] is done:
                     del self._loading[key]
             done.set_exception(exc)
             return
         with self._lock:
-            if self._loading.get(key, (None, None))[1] is done:
+            current = self._loading.get(key, (None, None))[1] is done
+            if current:
                 del self._loading[key]
-            self._models[key] = entry
-            self._shrink(keep=key)
+                self._models[key] = entry
+                self._shrink(keep=key)
+        if not current:  # replaced by a load of its new declaration
+            with contextlib.suppress(Exception):
+                entry.model.close()
+            entry = None
         done.set_result(entry)
 
     def predict(self, spec: ModelSpec, inputs: list[dict], fatal: tuple = (),
@@ -156,7 +169,13 @@ class ModelPool:
         before = _rss_bytes()
         model = instantiate(spec)
         device = self.device if spec.kind == "torch" else "cpu"
-        model.setup(device)
+        if spec.kind == "torch":
+            from models.torch_runtime import on_device
+
+            with on_device(device):
+                model.setup(device)
+        else:
+            model.setup(device)
         own = model.memory_bytes()
         memory = own if own is not None else max(0, _rss_bytes() - before)
         now = time.time()
