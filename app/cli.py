@@ -210,6 +210,9 @@ def flower() -> None:
     s = Settings.from_env()
     if not s.flower_password:
         raise click.UsageError("Set FERRY_FLOWER_PASSWORD: Flower never runs without authentication.")
+    if "," in s.flower_password or "," in s.flower_user:
+        # Flower splits its credentials on commas: "abc,x" would also let in a user named x.
+        raise click.UsageError("FERRY_FLOWER_PASSWORD and FERRY_FLOWER_USER may not hold a comma.")
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
     _exec([
         _tool("celery"), "-A", "tasks.worker", "flower", "--address=127.0.0.1", f"--port={s.flower_port}",

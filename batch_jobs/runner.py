@@ -11,6 +11,7 @@ import heapq
 import json
 import logging
 import time
+import uuid
 
 import orjson
 
@@ -174,13 +175,13 @@ def plan_job(job_id: str, ctx, dispatch) -> dict | None:
         return job
     if job.get("n_chunks"):  # planned already: its chunks may be running, and keep their claims
         return resume_job(job_id, ctx, dispatch, take_for_dead=False)
-    alive_s = _alive_s(ctx)
-    if not store.claim(job_id, "plan", alive_s):
+    alive_s, token = _alive_s(ctx), uuid.uuid4().hex
+    if not store.claim(job_id, "plan", alive_s, token):
         return store.get(job_id)  # another planner reads the source (its task delivered again)
     try:
         return _plan(store, job, ctx, dispatch, alive_s)
     finally:
-        store.release(job["id"], ["plan"])
+        store.release_own(job_id, "plan", token)
 
 
 def _alive_s(ctx) -> int:

@@ -35,6 +35,9 @@ FINISHED = frozenset({SUCCEEDED, FAILED, CANCELED})
 ERROR_SAMPLE = 100
 
 
+_RELEASE_OWN = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
 class BatchJobStore:
     def __init__(self, redis, prefix: str = "ferry:", ttl_s: int = 7 * 24 * 3600):
         self.redis = redis
@@ -140,10 +143,15 @@ class BatchJobStore:
             raw = self.redis.get(key)
         return orjson.loads(raw)
 
-    def claim(self, job_id: str, run: int | str, ttl_s: int) -> bool:
+    def claim(self, job_id: str, run: int | str, ttl_s: int, token: str = "1") -> bool:
         """Start a run of a chunk (its number) or of the planner ("plan") that no live run
         holds; False while another does (a redelivered message, a duplicate)."""
-        return bool(self.redis.set(self.key(job_id, "running", run), "1", nx=True, ex=ttl_s))
+        return bool(self.redis.set(self.key(job_id, "running", run), token, nx=True, ex=ttl_s))
+
+    def release_own(self, job_id: str, run: int | str, token: str) -> None:
+        """Let go of a claim if it is still the one `token` took: a run taken for dead, which
+        ends after all, leaves its successor's alone."""
+        self.redis.eval(_RELEASE_OWN, 1, self.key(job_id, "running", run), token)
 
     def claim_chunk(self, job_id: str, number: int, ttl_s: int) -> int | None:
         """`claim` a chunk: the runs of it so far, this one included; None while another holds it."""

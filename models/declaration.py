@@ -211,9 +211,12 @@ def parse_repository(document: dict, source: str = "model repository") -> list[M
         models = document.get("models") if isinstance(document, dict) else None
         if isinstance(messages, dict) and isinstance(messages.get("models"), dict) and isinstance(models, list):
             # By name, not by place in the list: "models: {0: ...}" sends the reader counting.
-            messages = {**messages, "models": {
-                (models[i].get("name", i) if isinstance(i, int) and i < len(models) and isinstance(models[i], dict)
-                 else i): errors for i, errors in messages["models"].items()}}
+            named = {}
+            for i, errors in messages["models"].items():
+                name = models[i].get("name") if isinstance(i, int) and i < len(models) and isinstance(models[i], dict) \
+                    else None
+                named[name if isinstance(name, str) and name not in named else i] = errors
+            messages = {**messages, "models": named}
         raise ValueError(f"{source} is invalid: {messages}") from None
     specs = []
     for decl in loaded["models"]:

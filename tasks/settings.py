@@ -111,7 +111,7 @@ class Settings:
         # A value no process could work with fails at start, naming its variable, rather than
         # as a 500 (or a 503) on every request.
         for name, low in _AT_LEAST.items():
-            if getattr(self, name) < low:
+            if not getattr(self, name) >= low:  # NaN included
                 raise ValueError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)!r}: must be at least {low}.")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"{ENV_PREFIX}LOG_FORMAT={self.log_format!r}: must be text or json.")

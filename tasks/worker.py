@@ -1,6 +1,4 @@
 """Celery's entry point: `celery -A tasks.worker worker|beat|flower`."""
-from collections.abc import Mapping
-
 from celery.signals import setup_logging
 
 from tasks import logs
@@ -20,9 +18,10 @@ def _logging(loglevel=None, **kwargs):
 from batch_jobs.schedule import beat_schedule  # noqa: E402
 
 
-class _BuiltWhenRead(Mapping):
+class _BuiltWhenRead:
     """The beat schedule, built when beat first reads it: a bad nightly file stops beat with
-    its reason, and never the workers or Flower, which import this module but do not read it."""
+    its reason, and never the workers or Flower, which import this module but do not read it.
+    Not a Mapping, which Celery's `inspect conf` would walk into (and so build)."""
 
     def __init__(self, build):
         self._build, self._built = build, None
@@ -40,6 +39,15 @@ class _BuiltWhenRead(Mapping):
 
     def __len__(self):
         return len(self._schedule())
+
+    def keys(self):
+        return self._schedule().keys()
+
+    def items(self):
+        return self._schedule().items()
+
+    def __repr__(self) -> str:
+        return "<the beat schedule: batch_jobs.schedule.beat_schedule, built when beat reads it>"
 
 
 celery.conf.beat_schedule = _BuiltWhenRead(lambda: beat_schedule(settings))

@@ -614,6 +614,10 @@ def test_a_plan_task_delivered_again_while_its_planner_reads_leaves_the_source_t
     runner.resume_job(job["id"], ctx, lambda _job, number: dispatched.append(number))  # it is taken for dead
     assert dispatched == [0] and store.get(job["id"])["n_chunks"] == "1"
     assert not ctx.redis.exists(f"ferry:batch:{job['id']}:running:plan")
+    # A planner taken for dead that ends after all lets go of its own claim only.
+    assert store.claim(job["id"], "plan", 300, token="successor")
+    store.release_own(job["id"], "plan", "taken-for-dead")
+    assert ctx.redis.get(f"ferry:batch:{job['id']}:running:plan") == "successor"
 
 
 def test_a_chunk_that_took_its_worker_down_three_times_fails_its_rows_and_the_job_finishes(ctx, inputs_dir):
