@@ -29,6 +29,7 @@ from tasks.leases import worker_name
 from tasks.per_process import OncePerProcess
 
 log = logging.getLogger(__name__)
+SETUP_RETRY_S = 10.0
 
 
 def loaded_key(prefix: str, model: str) -> str:
@@ -69,6 +70,10 @@ class ModelPool:
         # Models being set up, each on a thread of its own: a task's time limit may end the
         # wait for one, never its setup, which the next task finds done or still going.
         self._loading: dict[tuple[str, str], tuple[ModelSpec, concurrent.futures.Future]] = {}
+        # A setup that failed, given again for SETUP_RETRY_S rather than run again for each
+        # batch (a missing weights file fails the same way, and a slow setup would make each
+        # batch wait out its time limit before saying so).
+        self._failed: dict[tuple[str, str], tuple[ModelSpec, BaseException, float]] = {}
         self._lock = threading.RLock()
         self._start_reporting = OncePerProcess(
             lambda: threading.Thread(target=self._report_forever, name="ferry-pool", daemon=True).start())
@@ -100,6 +105,9 @@ class ModelPool:
                     entry.last_used = time.time()
                     self._models.move_to_end(key)
                     return entry.model
+                failed = self._failed.get(key)
+                if failed is not None and failed[0] == spec and time.monotonic() < failed[2]:
+                    raise failed[1].with_traceback(None)  # not the frames of every earlier raise
                 loading = self._loading.get(key)
                 if loading is None or loading[0] != spec:
                     if spec.kind == "torch":
@@ -121,16 +129,18 @@ class ModelPool:
         try:
             entry = self._load(spec)
         except BaseException as exc:  # the waiting task says why (if one still waits); the next tries again
-            log.exception("model %s:%s: setup failed", *key)
+            log.exception("model %s:%s: setup failed; tried again in %g s", *key, SETUP_RETRY_S)
             with self._lock:
                 if self._loading.get(key, (None, None))[1] is done:
                     del self._loading[key]
+                    self._failed[key] = (spec, exc, time.monotonic() + SETUP_RETRY_S)
             done.set_exception(exc)
             return
         with self._lock:
             current = self._loading.get(key, (None, None))[1] is done
             if current:
                 del self._loading[key]
+                self._failed.pop(key, None)
                 self._models[key] = entry
                 self._shrink(keep=key)
         if not current:  # replaced by a load of its new declaration

@@ -163,3 +163,17 @@ class Halfway(Model):
         time.sleep(0.3)  # the cancel check reads Redis at most every 0.25 s
         self.check_canceled()
         return [{"done": True} for _ in batch]
+
+
+class FailingSetup(Model):
+    """Its setup fails: its weights are missing. Counts its tries in SETUP_TRIES."""
+
+    def setup(self, device: str) -> None:
+        SETUP_TRIES.append(device)
+        raise FileNotFoundError("weights.pt not found")
+
+    def predict(self, batch: list[dict]) -> list[dict]:
+        return batch
+
+
+SETUP_TRIES: list[str] = []

@@ -92,3 +92,18 @@ def test_where_a_model_is_loaded_is_reported_and_stale_reports_are_dropped(fake_
     fake_redis.hset(loaded_key("ferry:", "a"), "elsewhere:1:1", json.dumps(dead))
     assert [found["worker"] for found in where_loaded(fake_redis, "ferry:", "a", max_age_s=15)] == [entry["worker"]]
     assert fake_redis.hkeys(loaded_key("ferry:", "a")) == [f"{entry['worker']}:1"]
+
+
+def test_a_failed_setup_is_given_again_for_a_while_then_tried_again(fake_redis):
+    fake_models.SETUP_TRIES.clear()
+    spec = parse_repository({"models": [declaration("broken", "FailingSetup")]})[0]
+    pool = ModelPool(redis=fake_redis)
+    for _ in range(3):  # three batches: one setup, its error given to all three
+        with pytest.raises(FileNotFoundError, match="weights.pt not found"):
+            pool.get(spec)
+    assert len(fake_models.SETUP_TRIES) == 1
+    held_spec, error, _ = pool._failed[("broken", "1")]
+    pool._failed[("broken", "1")] = (held_spec, error, 0.0)  # SETUP_RETRY_S has passed
+    with pytest.raises(FileNotFoundError):
+        pool.get(spec)
+    assert len(fake_models.SETUP_TRIES) == 2
