@@ -1,7 +1,9 @@
 """Batch jobs (admin): precompute a model's outputs for a known set of inputs into the cache."""
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 
 from flask import Response, stream_with_context, url_for
 from flask.views import MethodView
@@ -26,12 +28,22 @@ def view(job: dict) -> dict:
     store = runner.job_store(ferry)
     return {
         "id": job["id"], "model": job["model"], "version": job["version"], "status": job["status"],
-        "origin": job.get("origin"), "source": json.loads(job["source"]),
+        "origin": job.get("origin"), "source": _shown_source(json.loads(job["source"]), ferry.settings.batch_inputs),
         "options": {key: int(job[key]) for key in ("chunk_size", "batch_size", "cache_ttl_s")},
         "progress": store.progress(job), "errors": store.errors(job["id"])[:20], "error": job.get("error"),
         "created_at": timestamp(job.get("created_at")), "started_at": timestamp(job.get("started_at")),
         "finished_at": timestamp(job.get("finished_at")),
     }
+
+
+def _shown_source(source: dict, inputs: Path) -> dict:
+    """A file source as the caller named it, relative to the batch input folder: the server's
+    own directories are none of the API's business (a job from the command line may name a
+    file elsewhere, which its operator gave)."""
+    if "path" in source:
+        with contextlib.suppress(ValueError):
+            source = {**source, "path": str(Path(source["path"]).relative_to(inputs.resolve()))}
+    return source
 
 
 def job_or_404(job_id: str) -> dict:

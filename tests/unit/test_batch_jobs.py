@@ -329,6 +329,7 @@ def test_batch_job_lifecycle_over_http(admin_app, sender, inputs_dir):
     assert sender.sent == [{"task": "ferry.batch.plan", "args": [job_id], "queue": "batch", "time_limits": None,
                             "countdown": None}]
     assert created.json["options"] == {"chunk_size": 10, "batch_size": 64, "cache_ttl_s": 3 * 24 * 3600}
+    assert created.json["source"] == {"type": "jsonl", "path": "digits.jsonl"}  # not the server's directories
     listed = client.get("/batch-jobs", headers=ADMIN).json
     assert [job["id"] for job in listed] == [job_id]
     assert client.get(f"/batch-jobs/{job_id}", headers=ADMIN).json["status"] == "queued"
