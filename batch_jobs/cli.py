@@ -12,7 +12,7 @@ from tqdm import tqdm
 from batch_jobs import runner
 from batch_jobs.sources import SourceError
 from batch_jobs.store import FINISHED
-from models.registry import UnknownModel, UnknownVersion
+from models.registry import UnknownModel
 
 
 def _context():
@@ -65,10 +65,8 @@ def run(model, source, version, top_n, chunk_size, batch_size, cache_ttl_s, loca
     except runner.OptionError as exc:
         option = {"cache_ttl_s": "--ttl"}.get(exc.field, "--" + exc.field.replace("_", "-"))
         raise click.UsageError(f"{option}: {exc.message}") from None
-    except UnknownVersion:
-        raise click.UsageError(f"Model {model!r} serves no version {version!r}.") from None
-    except UnknownModel:
-        raise click.UsageError(f"No model named {model!r}.") from None
+    except UnknownModel as exc:
+        raise click.UsageError(runner.unknown(exc, model, version)) from None
     click.echo(f"batch job {job['id']} ({model}, {source})")
     if local:
         pending: list[int] = []

@@ -16,7 +16,7 @@ import uuid
 import orjson
 
 from batch_jobs import sources
-from batch_jobs.store import ERROR_SAMPLE, CANCELED, FAILED, FINISHED, PLANNING, QUEUED, RUNNING, SUCCEEDED, BatchJobStore
+from batch_jobs.store import CANCELED, ERROR_SAMPLE, FAILED, FINISHED, PLANNING, QUEUED, RUNNING, SUCCEEDED, BatchJobStore
 from models.cache import input_digest
 from models.registry import UnknownModel, UnknownVersion
 from tasks.predict import MAX_ATTEMPTS
@@ -103,15 +103,16 @@ def create_job(ctx, *, model: str, source: dict, version: str | None = None, chu
     )
 
 
+def unknown(exc: UnknownModel, model, version) -> str:
+    """What a job naming a model, or a version of it, that is not served is told (API, CLI, nightly)."""
+    return f"Model {model!r} serves no version {version!r}." if isinstance(exc, UnknownVersion) \
+        else f"No model named {model!r}."
+
+
 def record_refused(ctx, exc: Exception, *, origin: str, model, source, version=None, **options) -> dict:
     """A job that `create_job` refused, recorded as failed with the reason: a scheduled run
     that cannot start leaves a trace where operators look for it, not only in a log."""
-    if isinstance(exc, UnknownVersion):
-        error = f"Model {model!r} serves no version {version!r}."
-    elif isinstance(exc, UnknownModel):
-        error = f"No model named {model!r}."
-    else:
-        error = str(exc)
+    error = unknown(exc, model, version) if isinstance(exc, UnknownModel) else str(exc)
     given = {key: options.get(key) if type(options.get(key)) is int else 0 for key in LIMITS}
     store = job_store(ctx)
     job = store.create(model=str(model), version=str(version or ""), origin=origin,
@@ -146,18 +147,18 @@ def _cache_version(job: dict) -> str:
     return f"{job['version']}+{job['revision']}" if job.get("revision") else job["version"]
 
 
-def _rows(job: dict, spec, ctx):
+def _rows(store: BatchJobStore, job: dict, spec, ctx):
     source = json.loads(job["source"])
     if source["type"] in ("jsonl", "csv"):
         path = sources.Path(source["path"])
         # A plan made again (its planner died) must split the same rows as the first.
         stat = path.stat()
         stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
-        if job_store(ctx).first_stamp(job["id"], stamp) != stamp:
+        if store.first_stamp(job["id"], stamp) != stamp:
             raise sources.SourceError("the file changed after this job began reading it; start a new job")
         return sources.jsonl_rows(path) if source["type"] == "jsonl" else sources.csv_rows(path, spec)
     # The ranking moves: a plan made again (its planner died) must split the same inputs.
-    members = job_store(ctx).snapshot(
+    members = store.snapshot(
         job["id"], lambda: sources.popular_members(ctx.redis, ctx.settings.key_prefix, spec, source["top_n"]))
     return enumerate(members, start=1)  # the rank stands for the line
 
@@ -215,7 +216,7 @@ def _plan(store: BatchJobStore, job: dict, ctx, dispatch, alive_s: int) -> dict 
         return store.heartbeat(job_id, "plan", alive_s)  # the watchdog, and a planner sent again, see it alive
 
     try:
-        for line, text in _rows(job, spec, ctx):
+        for line, text in _rows(store, job, spec, ctx):
             if isinstance(text, sources.SourceRowError):
                 unreadable += 1
                 if unreadable <= ERROR_SAMPLE:

@@ -6,9 +6,9 @@ from pathlib import Path
 import yaml
 from celery.schedules import crontab
 
-from tasks.settings import Settings
 from tasks.celery_app import BATCH_NIGHTLY_TASK, BATCH_QUEUE, BATCH_WATCHDOG_TASK, SWEEP_TASK
 from tasks.devices import SWEEP_QUEUE
+from tasks.settings import Settings
 
 JOB_OPTIONS = ("model", "version", "source", "chunk_size", "batch_size", "cache_ttl_s")
 

@@ -72,9 +72,6 @@ class BatchJobStore:
     def get(self, job_id: str) -> dict | None:
         return self.redis.hgetall(self.key(job_id)) or None
 
-    def status(self, job_id: str) -> str | None:
-        return self.redis.hget(self.key(job_id), "status")
-
     def list_ids(self, limit: int = 100) -> list[str]:
         return self.redis.zrevrange(self.index_key, 0, limit - 1)
 
@@ -131,8 +128,10 @@ class BatchJobStore:
     def first_stamp(self, job_id: str, stamp: str) -> str:
         """The source file's stamp (size and modification time) as the job's first plan saw it."""
         key = self.key(job_id)
-        self.redis.hsetnx(key, "source_stamp", stamp)
-        return self.redis.hget(key, "source_stamp")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(key, "source_stamp", stamp)
+        pipe.hget(key, "source_stamp")
+        return pipe.execute()[1]
 
     def snapshot(self, job_id: str, read) -> list:
         """`read()`, kept for the job at its first call: later calls get that same list."""

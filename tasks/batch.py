@@ -6,11 +6,11 @@ import logging
 from celery import current_app, shared_task
 
 from batch_jobs import runner
-from batch_jobs.sources import SourceError
 from batch_jobs.schedule import nightly_job
+from batch_jobs.sources import SourceError
+from models.registry import UnknownModel
 from tasks.celery_app import BATCH_CHUNK_TASK, BATCH_NIGHTLY_TASK, BATCH_PLAN_TASK, BATCH_WATCHDOG_TASK
 from tasks.context import current
-from models.registry import UnknownModel
 from tasks.senders import CelerySender
 
 log = logging.getLogger(__name__)

@@ -71,11 +71,10 @@ class BatchJobs(MethodView):
         ferry = services()
         try:
             job = runner.create_job(ferry, origin="api", confined=True, **body)
-        except UnknownVersion:
-            abort(422, message="Unknown version.", errors={"json": {"version": [
-                f"Model {body['model']!r} serves no version {body['version']!r}."]}})
-        except UnknownModel:
-            abort(422, message="Unknown model.", errors={"json": {"model": [f"No model named {body['model']!r}."]}})
+        except UnknownModel as exc:
+            field = "version" if isinstance(exc, UnknownVersion) else "model"
+            abort(422, message=f"Unknown {field}.", errors={"json": {field: [
+                runner.unknown(exc, body["model"], body.get("version"))]}})
         except SourceError as exc:
             abort(422, message="The source is not usable.", errors={"json": {"source": [str(exc)]}})
         except runner.OptionError as exc:
