@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -115,9 +116,11 @@ class Settings:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)!r}: must be at least {low}.")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"{ENV_PREFIX}LOG_FORMAT={self.log_format!r}: must be text or json.")
-        self._queue_limits()
+        self._queue_limits  # noqa: B018  (parsed, so checked, here)
 
+    @functools.cached_property
     def _queue_limits(self) -> dict[str, int]:
+        """FERRY_QUEUE_LIMITS by queue, parsed once: every submit asks for its queue's."""
         limits = {}
         for entry in filter(None, (part.strip() for part in self.queue_limits.split(","))):
             name, _, limit = entry.partition("=")
@@ -132,7 +135,7 @@ class Settings:
         return Path(self.metrics_dir or Path(self.data_dir) / "api-metrics")
 
     def queue_limit_for(self, queue: str) -> int:
-        return self._queue_limits().get(queue, self.queue_limit)
+        return self._queue_limits.get(queue, self.queue_limit)
 
     @property
     def batch_inputs(self) -> Path:
